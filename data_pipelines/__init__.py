@@ -1,0 +1,64 @@
+"""Input pipelines (tf.data on CPU) for lane-marking segmentation datasets.
+
+``get_dataset(config.data)`` returns a dataset object with ``prepare``, ``info``,
+``num_examples``, ``keys``, ``train_batches`` and ``eval_batches`` (see
+``data_pipelines.pipeline.SegmentationDataset``). This package never imports ``intrakd_jax``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from data_pipelines.errors import DataConfigError, DataError, DatasetLayoutError, LabelFormatError
+
+# name -> "module:class"; readers are imported lazily so `import data_pipelines` stays cheap.
+_READERS = {
+    "llamas": "data_pipelines.llamas:LlamasDataset",
+}
+
+__all__ = [
+    "DataConfigError",
+    "DatasetInfo",
+    "DataError",
+    "DatasetLayoutError",
+    "LabelFormatError",
+    "SegmentationDataset",
+    "get_dataset",
+    "known_datasets",
+]
+
+
+def known_datasets() -> list[str]:
+    """Names accepted by ``get_dataset``."""
+    return sorted(_READERS)
+
+
+def get_dataset(data_config):
+    """Builds the reader named by ``data_config.name``.
+
+    Args:
+        data_config: the ``config.data`` ConfigDict.
+
+    Returns:
+        A ``data_pipelines.pipeline.SegmentationDataset``.
+
+    Raises:
+        ValueError: unknown ``data_config.name`` (the message lists the known names).
+        DataConfigError: invalid fields or data folder.
+    """
+    name = data_config.get("name") if hasattr(data_config, "get") else None
+    if name not in _READERS:
+        raise ValueError(
+            f"unknown dataset config.data.name = {name!r}; known datasets: {known_datasets()}"
+        )
+    module_name, cls_name = _READERS[name].split(":")
+    return getattr(importlib.import_module(module_name), cls_name)(data_config)
+
+
+def __getattr__(name: str):
+    # The pipeline module imports TensorFlow, so its classes are loaded on first access only.
+    if name in ("DatasetInfo", "SegmentationDataset"):
+        from data_pipelines import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'data_pipelines' has no attribute {name!r}")
