@@ -1,0 +1,225 @@
+"""Per-device train and eval steps: ``jax.shard_map`` programs over the ``data`` mesh, jitted.
+
+Each device sees its slice of the batch. BatchNorm statistics are synced over ``data`` (the models
+are built with ``bn_axis_name="data"``), the cross entropy's numerator and denominator are summed
+over devices before dividing, and the distillation term is averaged over devices, so the loss and
+the gradients are those of the whole global batch: one device and N devices give the same update.
+Parameters enter the shard_map replicated, so jax sums their gradients over ``data`` itself.
+
+The teacher's variables are a separate argument: frozen, never donated, never optimised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from intrakd_jax.evaluation.segmentation import confusion_matrix
+from intrakd_jax.losses.baselines import logit_kd_loss
+from intrakd_jax.losses.intra_kd import multi_tap_intra_kd_loss
+from intrakd_jax.losses.segmentation import weighted_cross_entropy_sums
+from intrakd_jax.parallel import DATA_AXIS
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data position (which is the step).
+
+    Attributes:
+      step: int32 scalar, number of updates done.
+      params: model parameters.
+      batch_stats: BatchNorm running statistics.
+      opt_state: optax state.
+      rng: raw key data (uint32), so checkpoints hold plain arrays.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+@flax.struct.dataclass
+class DistillSettings:
+    """Static settings of the distillation term (hashable, closed over by the step)."""
+
+    weight: float = 10.0
+    taps: tuple[tuple[str, str, float], ...] = (("encoder", "psp", 1.0),)
+    kernel_size: int = 5
+    moment_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    normalizer: str = "soft_mass"
+    skew_denominator: str = "std_cubed"
+    logit_kd_weight: float = 0.0
+    logit_kd_temperature: float = 1.0
+
+
+# Initialisation runs once: XLA's optimisation passes cost far more compile time than they save.
+RUN_ONCE_COMPILER_OPTIONS = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
+
+
+def run_once(fn: Callable[..., Any], *args: Any, out_shardings: Any = None) -> Any:
+    """Jits and runs a function that is called once (e.g. initialisation) with a fast compile."""
+    lowered = jax.jit(fn, out_shardings=out_shardings).lower(*args)
+    return lowered.compile(compiler_options=RUN_ONCE_COMPILER_OPTIONS)(*args)
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_hw: Sequence[int]
+) -> TrainState:
+    """Initialises a train state (call under ``jax.jit`` with replicated out_shardings)."""
+    init_rng, state_rng = jax.random.split(rng)
+    dummy = jnp.zeros((1, *image_hw, 3), jnp.float32)
+    variables = model.init(init_rng, dummy, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(state_rng),
+    )
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    num_classes: int,
+    class_weights: Sequence[float],
+    ignore_label: int = 255,
+    teacher: nn.Module | None = None,
+    distill: DistillSettings | None = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds ``step(state, teacher_vars, batch) -> (state, metrics)``, jitted, state donated.
+
+    Args:
+      model: the trained network, built with ``bn_axis_name=DATA_AXIS``.
+      tx: its optimiser.
+      mesh: the 1-D data mesh.
+      num_classes: number of segmentation classes.
+      class_weights: per-class cross-entropy weights.
+      ignore_label: label value excluded from every loss.
+      teacher: the frozen teacher network for distillation (None: plain training).
+      distill: distillation settings (required with a teacher).
+
+    Returns:
+      The jitted step. ``teacher_vars`` is ignored (pass ``{}``) without a teacher. Metrics are
+      replicated scalars: loss, ce, and with a teacher intra_kd (and logit_kd).
+    """
+    weights = jnp.asarray(class_weights, jnp.float32)
+    if teacher is not None and distill is None:
+        distill = DistillSettings()
+
+    def per_device(state: TrainState, teacher_vars: Any, batch: dict[str, jax.Array]):
+        images_bhwc, labels_bhw = batch["image"], batch["label"]
+        key = jax.random.wrap_key_data(state.rng)
+        # Each device and step draws its own dropout masks.
+        dropout_key = jax.random.fold_in(
+            jax.random.fold_in(key, state.step), jax.lax.axis_index(DATA_AXIS)
+        )
+        teacher_out = None
+        if teacher is not None:
+            teacher_out = teacher.apply(teacher_vars, images_bhwc, train=False)
+            teacher_out = jax.lax.stop_gradient(teacher_out)
+
+        def loss_fn(params):
+            (logits, taps), new_vars = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                images_bhwc,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout_key},
+            )
+            num, den = weighted_cross_entropy_sums(logits, labels_bhw, weights, ignore_label)
+            num, den = jax.lax.psum((num, den), DATA_AXIS)
+            ce = num / jnp.maximum(den, 1e-12)
+            metrics = {"ce": ce}
+            loss = ce
+            if teacher_out is not None:
+                t_logits, t_taps = teacher_out
+                kd = multi_tap_intra_kd_loss(
+                    taps,
+                    t_taps,
+                    labels_bhw,
+                    num_classes,
+                    distill.taps,
+                    kernel_size=distill.kernel_size,
+                    moment_weights=distill.moment_weights,
+                    ignore_label=ignore_label,
+                    normalizer=distill.normalizer,
+                    skew_denominator=distill.skew_denominator,
+                )
+                # Equal shards: the mean of per-device batch means is the global batch mean.
+                kd = jax.lax.pmean(kd, DATA_AXIS)
+                metrics["intra_kd"] = kd
+                loss = loss + distill.weight * kd
+                if distill.logit_kd_weight:
+                    lkd = jax.lax.pmean(
+                        logit_kd_loss(
+                            logits,
+                            t_logits,
+                            temperature=distill.logit_kd_temperature,
+                            mask=labels_bhw != ignore_label,
+                        ),
+                        DATA_AXIS,
+                    )
+                    metrics["logit_kd"] = lkd
+                    loss = loss + distill.logit_kd_weight * lkd
+            metrics["loss"] = loss
+            return loss, (metrics, new_vars["batch_stats"])
+
+        grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        return new_state, metrics
+
+    sharded = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P(), P(), P(DATA_AXIS)),
+        out_specs=(P(), P()),
+    )
+    return jax.jit(sharded, donate_argnums=(0,))
+
+
+def make_eval_step(
+    model: nn.Module, mesh: Mesh, num_classes: int, ignore_label: int = 255
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """Builds ``eval_step(variables, batch) -> (confusion (n, n) int32, probs_bhwk)``.
+
+    The confusion matrix is summed over devices; padded examples (``batch["mask"]`` False) and
+    ignore pixels do not count. Probabilities stay sharded over ``data`` for the host-side AP.
+    """
+
+    def per_device(variables, batch):
+        logits, _ = model.apply(variables, batch["image"], train=False)
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        preds = jnp.argmax(logits, axis=-1)
+        conf = confusion_matrix(
+            batch["label"], preds, num_classes, ignore_label=ignore_label, mask=batch["mask"]
+        )
+        return jax.lax.psum(conf, DATA_AXIS), probs
+
+    sharded = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P(), P(DATA_AXIS)),
+        out_specs=(P(), P(DATA_AXIS)),
+    )
+    return jax.jit(sharded)

@@ -1,0 +1,46 @@
+"""Command-line entry point for training, distillation and evaluation.
+
+Kept thin on purpose: the logic lives in intrakd_jax.train, which notebooks and tests call directly.
+
+  python main.py --config=configs/llamas.py:synthetic --workdir=runs/demo
+  python main.py --config=configs/llamas.py --config.data.data_dir=/data/llamas \
+      --config.mode=distill --workdir=runs/llamas
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Config file, e.g. configs/llamas.py or configs/llamas.py:synthetic.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    """Parses flags and runs ``train_and_evaluate``; known input errors exit with one message."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from intrakd_jax import parallel
+
+    parallel.maybe_initialize_distributed()
+    from intrakd_jax import train
+
+    logging.info("config:\n%s", _CONFIG.value)
+    try:
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except train.USER_ERRORS as e:
+        # Known input/config problems: a clear one-paragraph message, not a traceback.
+        logging.error("%s: %s", type(e).__name__, e)
+        raise SystemExit(f"error: {type(e).__name__}: {e}") from None
+
+
+if __name__ == "__main__":
+    app.run(main)

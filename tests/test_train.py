@@ -1,0 +1,293 @@
+"""Training step, stages, resume and error messages.
+
+The data-parallel test runs the same distillation step on a 1-device and a 4-device mesh; the
+resume test SIGKILLs a real ``main.py`` run and checks that resuming reaches the parameters of an
+uninterrupted run.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import llamas as llamas_config
+from intrakd_jax import checkpointing, models, optim, parallel, steps, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny_models(train_mode: bool):
+    axis = parallel.DATA_AXIS if train_mode else None
+    student = models.get_model(
+        "erfnet",
+        num_classes=5,
+        channels=(4, 8, 16),
+        num_stage1_blocks=1,
+        num_stage2_repeats=1,
+        stage1_dropout=0.0,
+        stage2_dropout=0.0,
+        bn_axis_name=axis,
+    )
+    teacher = models.get_model(
+        "pspnet", num_classes=5, depth=18, base_width=4, head_channels=8, bins=(1, 2)
+    )
+    return student, teacher
+
+
+def _one_step(num_devices: int, batch: dict, teacher_vars: dict):
+    mesh = parallel.make_data_mesh(num_devices)
+    student, teacher = _tiny_models(True)
+    eval_student, _ = _tiny_models(False)
+    params_shape = jax.eval_shape(
+        lambda: eval_student.init(jax.random.key(0), jnp.zeros((1, 32, 64, 3)))
+    )["params"]
+    tx = optim.make_optimizer(params_shape, learning_rate=0.05, num_steps=10, head_lr_mult=1.0)
+    state = jax.jit(
+        lambda k: steps.create_train_state(eval_student, tx, k, (32, 64)),
+        out_shardings=parallel.replicated(mesh),
+    )(jax.random.key(3))
+    step = steps.make_train_step(
+        student,
+        tx,
+        mesh,
+        5,
+        (0.4, 1.0, 1.0, 1.0, 1.0),
+        teacher=teacher,
+        distill=steps.DistillSettings(weight=10.0, taps=(("encoder", "psp", 1.0),)),
+    )
+    tvars = parallel.replicate(teacher_vars, mesh)
+    for _ in range(2):
+        state, metrics = step(state, tvars, parallel.to_global(batch, mesh))
+    return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_one_device_and_four_devices_give_the_same_update():
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.normal(size=(8, 32, 64, 3)).astype(np.float32),
+        "label": rng.integers(0, 5, size=(8, 32, 64)).astype(np.int32),
+    }
+    batch["label"][0, :4] = 255  # ignore pixels on one device only
+    _, teacher = _tiny_models(False)
+    teacher_vars = teacher.init(jax.random.key(1), jnp.zeros((1, 32, 64, 3)))
+    s1, m1 = _one_step(1, batch, teacher_vars)
+    s4, m4 = _one_step(4, batch, teacher_vars)
+    assert m1["intra_kd"] > 0
+    # Tolerance: float32 reductions are summed in a different order across 1 vs 4 devices.
+    for k in ("loss", "ce", "intra_kd"):
+        np.testing.assert_allclose(m1[k], m4[k], rtol=2e-5, err_msg=k)
+    flat1 = jax.tree_util.tree_leaves_with_path(s1.params)
+    flat4 = dict(jax.tree_util.tree_leaves_with_path(s4.params))
+    for path, a in flat1:
+        np.testing.assert_allclose(a, flat4[path], rtol=1e-4, atol=1e-6, err_msg=str(path))
+    for a, b in zip(jax.tree.leaves(s1.batch_stats), jax.tree.leaves(s4.batch_stats), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _smoke_config(data_root: Path, **overrides):
+    c = llamas_config.get_config("smoke")
+    c.data.data_dir = str(data_root)
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    config = _smoke_config(root / "data")
+    results = train.train_and_evaluate(config, str(root / "work"))
+    return root, config, results
+
+
+def test_pipeline_runs_all_stages_and_writes_the_comparison(pipeline_run):
+    root, _, results = pipeline_run
+    assert set(results) == {"teacher", "student", "distill"}
+    table = (root / "work" / "comparison.md").read_text()
+    for label in ("teacher", "student (baseline)", "student + IntRA-KD", "mIoU", "lane mAP"):
+        assert label in table
+    assert (root / "work" / "comparison.png").stat().st_size > 0
+    for stage in results:
+        assert (root / "work" / stage / "eval_valid.json").exists()
+        assert (root / "work" / stage / "examples.png").exists()
+        assert 0.0 <= results[stage]["miou"] <= 1.0
+        assert (root / "work" / stage / "best").is_dir()
+
+
+def test_finished_stage_is_not_retrained(pipeline_run):
+    root, config, results = pipeline_run
+    again = train.train_stage(config, str(root / "work"), "student")
+    np.testing.assert_allclose(again["miou"], results["student"]["miou"])
+
+
+def test_evaluate_mode_uses_the_checkpoint_model(pipeline_run):
+    root, config, results = pipeline_run
+    cfg = _smoke_config(root / "data", mode="evaluate")
+    cfg.checkpoint = str(root / "work" / "distill")
+    metrics = train.train_and_evaluate(cfg, str(root / "eval"))
+    np.testing.assert_allclose(metrics["miou"], results["distill"]["miou"], rtol=1e-6)
+    assert (root / "eval" / "evaluate" / "report_valid.md").exists()
+
+
+def test_teacher_checkpoint_that_does_not_fit_the_config_is_rejected(pipeline_run):
+    root, _, _ = pipeline_run
+    cfg = _smoke_config(root / "data", mode="distill")
+    cfg.teacher.checkpoint = str(root / "work" / "teacher")
+    cfg.teacher.model_kwargs.head_channels = 16
+    with pytest.raises(checkpointing.CheckpointError, match="head_channels"):
+        train.train_and_evaluate(cfg, str(root / "other"))
+
+
+def test_missing_teacher_checkpoint_names_the_path(tmp_path, pipeline_run):
+    root, _, _ = pipeline_run
+    cfg = _smoke_config(root / "data", mode="distill")
+    cfg.teacher.checkpoint = str(tmp_path / "nowhere")
+    with pytest.raises(checkpointing.CheckpointError, match="nowhere"):
+        train.train_and_evaluate(cfg, str(tmp_path / "work"))
+
+
+def test_teacher_checkpoint_with_other_shapes_lists_the_differences(pipeline_run, tmp_path):
+    root, _, _ = pipeline_run
+    mesh = parallel.make_data_mesh(1)
+    other = models.get_model(
+        "pspnet", num_classes=5, depth=18, base_width=4, head_channels=12, bins=(1, 2)
+    )
+    abstract = train._abstract_variables(other, (32, 64), mesh)
+    with pytest.raises(checkpointing.CheckpointError, match=r"params/.*shape"):
+        checkpointing.load_variables(str(root / "work" / "teacher"), abstract, "teacher")
+
+
+def test_unknown_model_name_is_a_clear_error(tmp_path):
+    cfg = _smoke_config(tmp_path / "data", mode="student")
+    cfg.student.model = "erfnett"
+    with pytest.raises(ValueError, match=r"erfnett.*erfnet"):
+        train.train_and_evaluate(cfg, str(tmp_path / "work"))
+
+
+def test_real_config_without_data_dir_says_what_to_do(tmp_path):
+    cfg = llamas_config.get_config()
+    cfg.mode = "student"
+    with pytest.raises(ValueError, match=r"data_dir"):
+        train.train_and_evaluate(cfg, str(tmp_path / "work"))
+
+
+def test_main_reports_config_errors_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "main.py",
+            "--config=configs/llamas.py",
+            "--config.mode=student",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "data_dir" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Kill -9 and resume
+# ----------------------------------------------------------------------------------------------
+
+STEPS = 24
+
+
+def _main_cmd(data_dir: Path, workdir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "main.py",
+        "--config=configs/llamas.py:smoke",
+        "--config.mode=student",
+        f"--config.data.data_dir={data_dir}",
+        f"--config.student.num_train_steps={STEPS}",
+        "--config.checkpoint_every_steps=1",
+        "--config.max_checkpoints_to_keep=3",
+        f"--workdir={workdir}",
+    ]
+
+
+def _final_params(workdir: Path) -> dict:
+    directory = workdir / "student" / checkpointing.LATEST_DIR
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.CheckpointManager(
+        str(directory),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(create=False),
+    ) as mngr:
+        assert mngr.latest_step() == STEPS
+        tree = mngr.item_metadata(STEPS)["state"].tree
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
+        )
+        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=device), target)
+        restored = mngr.restore(
+            STEPS,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args)
+            ),
+        )
+    return restored["state"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    data_dir = tmp_path / "data"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    # Uninterrupted reference run (also generates the synthetic data).
+    subprocess.run(
+        _main_cmd(data_dir, tmp_path / "ref"),
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    # Run, SIGKILL once a few checkpoints exist, then resume.
+    work = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _main_cmd(data_dir, work),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt_dir = work / "student" / checkpointing.LATEST_DIR
+    deadline = time.time() + 300
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        done = [int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit()]
+        if done and max(done) >= 3:
+            proc.send_signal(signal.SIGKILL)
+            killed_at = max(done)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert killed_at is not None and killed_at < STEPS, "the run finished before it was killed"
+    assert proc.returncode == -signal.SIGKILL
+    resumed = subprocess.run(
+        _main_cmd(data_dir, work), cwd=ROOT, env=env, timeout=600, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step" in resumed.stderr
+    ref, got = _final_params(tmp_path / "ref"), _final_params(work)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(got), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
