@@ -10,6 +10,8 @@ Kept thin on purpose: the logic lives in intrakd_jax.train, which notebooks and 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Same input numerics as the tests, and no oneDNN banner on every start.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -30,7 +30,17 @@ def get_base_config() -> ml_collections.ConfigDict:
     # The frozen teacher (PSPNet on a dilated ResNet-101 in the official recipe).
     c.teacher = ml_collections.ConfigDict()
     c.teacher.model = "pspnet"
-    c.teacher.model_kwargs = ml_collections.ConfigDict({"depth": 101, "bins": (1, 2, 3, 6)})
+    # All arguments are listed so that each can be overridden on the command line.
+    c.teacher.model_kwargs = ml_collections.ConfigDict(
+        {
+            "depth": 101,
+            "base_width": 64,
+            "deep_stem": False,
+            "bins": (1, 2, 3, 6),
+            "head_channels": 512,
+            "dropout_rate": 0.1,
+        }
+    )
     c.teacher.num_train_steps = 10_000
     c.teacher.learning_rate = 0.005
     c.teacher.head_lr_mult = 10.0  # PSPNet head (everything outside the backbone) learns 10x faster
@@ -41,7 +51,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     # The student (ERFNet in the official recipe).
     c.student = ml_collections.ConfigDict()
     c.student.model = "erfnet"
-    c.student.model_kwargs = ml_collections.ConfigDict()
+    c.student.model_kwargs = ml_collections.ConfigDict(
+        {
+            "channels": (16, 64, 128),
+            "num_stage1_blocks": 5,
+            "num_stage2_repeats": 2,
+            "stage1_dropout": 0.03,
+            "stage2_dropout": 0.3,
+        }
+    )
     c.student.num_train_steps = 10_000
     c.student.learning_rate = 0.01
     c.student.head_lr_mult = 1.0

@@ -467,15 +467,25 @@ def write_file_atomic(path: str, data: bytes) -> None:
         raise
 
 
-def encode_png(img: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 label map (H, W): no filter + RLE deflate suits sparse labels.
+def encode_png(img: np.ndarray, photo: bool = False) -> bytes:
+    """Encodes an image as PNG, tuned for speed.
 
-    About 4x faster than OpenCV's default settings and smaller on label maps.
+    Args:
+      img: uint8 image (H, W) or (H, W, 3) BGR.
+      photo: noisy photographs compress best (and ~3x faster) with the SUB filter and
+        Huffman-only deflate; flat label maps with run-length encoding and no filter.
+
+    Returns:
+      The PNG bytes.
     """
+    if photo:
+        strategy, png_filter = cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY, cv2.IMWRITE_PNG_FILTER_SUB
+    else:
+        strategy, png_filter = cv2.IMWRITE_PNG_STRATEGY_RLE, cv2.IMWRITE_PNG_FILTER_NONE
     params = [
         cv2.IMWRITE_PNG_COMPRESSION, 1,
-        cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
-        cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
+        cv2.IMWRITE_PNG_STRATEGY, strategy,
+        cv2.IMWRITE_PNG_FILTER, png_filter,
     ]  # fmt: skip
     ok, buf = cv2.imencode(".png", img, params)
     if not ok:

@@ -313,6 +313,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, dat
             logit_kd_weight=float(d.logit_kd_weight),
             logit_kd_temperature=float(d.logit_kd_temperature),
         )
+        _check_taps(eval_model, teacher, distill.taps, info.image_hw)
 
     abstract_params = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, *info.image_hw, 3)), train=False)
@@ -389,6 +390,18 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, dat
     timing_file = os.path.join(stage_dir, "train_seconds.json")
     train_seconds = _read_json(timing_file, {"seconds": 0.0})["seconds"]
 
+    def validate(state: steps.TrainState) -> dict:
+        return evaluate_variables(
+            eval_model,
+            {"params": state.params, "batch_stats": state.batch_stats},
+            dataset,
+            eval_split,
+            mesh,
+            config.eval_batch_size,
+            config.eval.max_batches,
+            desc=f"{stage} eval",
+        )
+
     pending: list[dict[str, jax.Array]] = []
     t_start = time.time()
     t_log = t_start
@@ -433,32 +446,14 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, dat
                 ckpts.save(step, state, {**meta, "step": step})
                 _write_json(timing_file, {"seconds": train_seconds + time.time() - t_start})
             if config.eval_every_steps and step % config.eval_every_steps == 0 and step < num_steps:
-                m = evaluate_variables(
-                    eval_model,
-                    {"params": state.params, "batch_stats": state.batch_stats},
-                    dataset,
-                    eval_split,
-                    mesh,
-                    config.eval_batch_size,
-                    config.eval.max_batches,
-                    desc=f"{stage} eval",
-                )
+                m = validate(state)
                 writer.write_scalars(step, {"val_miou": m["miou"]})
                 ckpts.save_best(step, state, {**meta, "step": step}, m)
     train_seconds += time.time() - t_start
     _write_json(timing_file, {"seconds": train_seconds})
 
+    metrics = validate(state)
     final_variables = {"params": state.params, "batch_stats": state.batch_stats}
-    metrics = evaluate_variables(
-        eval_model,
-        final_variables,
-        dataset,
-        eval_split,
-        mesh,
-        config.eval_batch_size,
-        config.eval.max_batches,
-        desc=f"{stage} eval",
-    )
     final_step = int(jax.device_get(state.step))
     ckpts.save_best(final_step, state, {**meta, "step": final_step}, metrics)
     ckpts.wait()
@@ -492,6 +487,24 @@ def _tensorboard_writer(stage_dir: str) -> metric_writers.MetricWriter:
     if jax.process_index() > 0:
         return metric_writers.MultiWriter([])
     return metric_writers.AsyncWriter(metric_writers.SummaryWriter(stage_dir))
+
+
+def _tap_names(model, image_hw) -> list[str]:
+    (_, taps), _ = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, *image_hw, 3)))
+    )
+    return sorted(taps)
+
+
+def _check_taps(student, teacher, pairs, image_hw) -> None:
+    """Fails before compiling anything if config.distill.taps names a tap a model lacks."""
+    s_names, t_names = _tap_names(student, image_hw), _tap_names(teacher, image_hw)
+    for s_tap, t_tap, _ in pairs:
+        if s_tap not in s_names or t_tap not in t_names:
+            raise ConfigError(
+                f"config.distill.taps has ({s_tap!r}, {t_tap!r}); the student's taps are "
+                f"{s_names} and the teacher's {t_names}"
+            )
 
 
 def _check_resume_meta(meta: dict, mcfg, stage: str, stage_dir: str) -> None:

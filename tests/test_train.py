@@ -169,6 +169,15 @@ def test_teacher_checkpoint_with_other_shapes_lists_the_differences(pipeline_run
         checkpointing.load_variables(str(root / "work" / "teacher"), abstract, "teacher")
 
 
+def test_unknown_distill_tap_is_a_clear_error(pipeline_run, tmp_path):
+    root, _, _ = pipeline_run
+    cfg = _smoke_config(root / "data", mode="distill")
+    cfg.teacher.checkpoint = str(root / "work" / "teacher")
+    cfg.distill.taps = (("encoder", "ppm", 1.0),)
+    with pytest.raises(train.ConfigError, match=r"'ppm'.*'psp'"):
+        train.train_and_evaluate(cfg, str(tmp_path / "work"))
+
+
 def test_unknown_model_name_is_a_clear_error(tmp_path):
     cfg = _smoke_config(tmp_path / "data", mode="student")
     cfg.student.model = "erfnett"

@@ -18,6 +18,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from intrakd_jax.models.layers import batch_norm
+
 # PyTorch's default conv init (kaiming_uniform, a=sqrt(5)) is uniform with variance 1/(3 fan_in).
 _TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -303,14 +305,7 @@ class ERFNet(nn.Module):
                 f"ERFNet: input has {x.shape[-1]} channels; channels[0]={self.channels[0]} must "
                 "be larger (the first downsampler concatenates its input)"
             )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-        )
+        norm = batch_norm(self, train)
         chans = tuple(self.channels)
         x_bhwc = x.astype(self.dtype)
         encoder_bhwc, stage1_bhwc = ERFNetEncoder(

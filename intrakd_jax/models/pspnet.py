@@ -12,7 +12,6 @@ pyramid branches 4 x (2048 x 512 + 1024) = 4,198,400, head conv + BN 4096 x 512 
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from intrakd_jax.models.layers import batch_norm
 from intrakd_jax.models.resnet import KAIMING_FAN_OUT, DilatedResNet, resnet_feature_channels
 
 
@@ -182,14 +182,7 @@ class PSPNet(nn.Module):
             bn_epsilon=self.bn_epsilon,
             name="backbone",
         )(x, train)
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-        )
+        norm = batch_norm(self, train)
         feat_bhwc = feats["layer4"]
         bins = tuple(self.bins)
         y = PyramidPoolingModule(

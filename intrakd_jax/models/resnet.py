@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from intrakd_jax.models.layers import batch_norm
+
 # PyTorch ResNets init convs with normal(0, sqrt(2 / (k * k * out_channels))): He, fan-out.
 KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -170,14 +172,7 @@ class DilatedResNet(nn.Module):
         conv = functools.partial(
             nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=KAIMING_FAN_OUT
         )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-        )
+        norm = batch_norm(self, train)
         w = self.base_width
         y = x.astype(self.dtype)
         if self.deep_stem:
