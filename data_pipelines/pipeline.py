@@ -205,8 +205,8 @@ class ProgressLogger:
                 self.total,
                 100.0 * self.done / max(self.total, 1),
                 rate,
-                _fmt_seconds(elapsed),
-                _fmt_seconds(eta),
+                format_seconds(elapsed),
+                format_seconds(eta),
             )
 
     def finish(self) -> None:
@@ -216,11 +216,12 @@ class ProgressLogger:
             self.what,
             self.done,
             self.total,
-            _fmt_seconds(time.monotonic() - self._start),
+            format_seconds(time.monotonic() - self._start),
         )
 
 
-def _fmt_seconds(s: float) -> str:
+def format_seconds(s: float) -> str:
+    """Durations for progress lines: ``4m05s`` or ``1h02m03s``."""
     s = int(round(s))
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)

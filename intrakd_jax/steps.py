@@ -11,6 +11,7 @@ The teacher's variables are a separate argument: frozen, never donated, never op
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -198,10 +199,13 @@ def make_train_step(
     return jax.jit(sharded, donate_argnums=(0,))
 
 
+@functools.cache
 def make_eval_step(
     model: nn.Module, mesh: Mesh, num_classes: int, ignore_label: int = 255
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """Builds ``eval_step(variables, batch) -> (confusion (n, n) int32, probs_bhwk)``.
+
+    Cached, so periodic and final evaluations of a stage share one compiled program.
 
     The confusion matrix is summed over devices; padded examples (``batch["mask"]`` False) and
     ignore pixels do not count. Probabilities stay sharded over ``data`` for the host-side AP.

@@ -31,6 +31,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 import data_pipelines
+from data_pipelines.pipeline import ProgressLogger, format_seconds
 from intrakd_jax import checkpointing, models, optim, parallel, steps
 from intrakd_jax.evaluation import report, visualize
 from intrakd_jax.evaluation.llamas import PixelAPAccumulator
@@ -119,13 +120,6 @@ def _abstract_variables(model, image_hw, mesh) -> dict:
     }
 
 
-def _fmt_eta(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------
@@ -155,7 +149,7 @@ def evaluate_variables(
     total = -(-dataset.num_examples(split) // batch_size)
     if max_batches:
         total = min(total, max_batches)
-    start = last_log = time.time()
+    progress = ProgressLogger(f"[{desc}] batches", total, every_s=10.0)
     batches = dataset.eval_batches(
         split, local_bs, process_index=jax.process_index(), process_count=jax.process_count()
     )
@@ -170,18 +164,8 @@ def evaluate_variables(
                 {"probs": probs, "label": gbatch["label"], "mask": gbatch["mask"]}
             )
             ap.update(host["probs"], host["label"], host["mask"])
-        now = time.time()
-        if now - last_log > 10 or i + 1 == total:
-            rate = (i + 1) / (now - start)
-            logging.info(
-                "[%s] batch %d/%d  %.2f batches/s  ETA %s",
-                desc,
-                i + 1,
-                total,
-                rate,
-                _fmt_eta((total - i - 1) / max(rate, 1e-9)),
-            )
-            last_log = now
+        progress.update()
+    progress.finish()
     metrics = iou_from_confusion(conf)
     metrics["iou_by_class"] = dict(zip(info.class_names, metrics["iou"], strict=True))
     if ap is not None:
@@ -440,7 +424,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, dat
                     num_steps,
                     "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()),
                     rate,
-                    _fmt_eta((num_steps - step) / max(rate, 1e-9)),
+                    format_seconds((num_steps - step) / max(rate, 1e-9)),
                 )
             if step % config.checkpoint_every_steps == 0 or step == num_steps:
                 ckpts.save(step, state, {**meta, "step": step})

@@ -95,12 +95,7 @@ def test_one_device_and_four_devices_give_the_same_update():
 def _smoke_config(data_root: Path, **overrides):
     c = llamas_config.get_config("smoke")
     c.data.data_dir = str(data_root)
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
+    c.update_from_flattened_dict(overrides)
     return c
 
 

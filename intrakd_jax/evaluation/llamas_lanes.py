@@ -38,6 +38,7 @@ from scipy.interpolate import splev, splprep
 from scipy.optimize import linear_sum_assignment
 
 from data_pipelines.llamas import clean_label, read_json
+from intrakd_jax.evaluation.prob2lines import format_coordinate
 
 IMAGE_HW = (717, 1276)  # official LLAMAS (height, width)
 MIN_ROW = 300  # official first evaluated row (culane_metric `add_ys`, lane_regression cutoff)
@@ -275,15 +276,6 @@ def read_lines_txt(path: str | os.PathLike[str], missing_ok: bool = True) -> lis
     return lanes
 
 
-def _format_number(value: float) -> str:
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"lane coordinates must be finite, got {v}")
-    # Integral values as ints; others as the shortest repr that parses back to the same float,
-    # so the evaluator's truncation to int sees exactly the value that was written.
-    return str(int(v)) if v.is_integer() and abs(v) < 2**53 else repr(v)
-
-
 def write_lines_txt(
     path: str | os.PathLike[str],
     lanes: Iterable[np.ndarray | Sequence[Sequence[float]]],
@@ -317,7 +309,7 @@ def write_lines_txt(
             raise ValueError(f"write_lines_txt: lane {i} has non-finite coordinates")
         if len(pts) < min_points:
             continue
-        rows.append(" ".join(_format_number(v) for v in pts.ravel()))
+        rows.append(" ".join(format_coordinate(v) for v in pts.ravel()))
     folder = os.path.dirname(os.fspath(path))
     if folder:
         os.makedirs(folder, exist_ok=True)

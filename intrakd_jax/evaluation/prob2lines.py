@@ -215,7 +215,12 @@ def lines_txt_path(root: str | os.PathLike[str], image_path: str) -> str:
     return os.path.join(os.fspath(root), strip_extension(image_path).lstrip("/") + ".lines.txt")
 
 
-def _format_number(value: float | int | np.number) -> str:
+def format_coordinate(value: float | int | np.number) -> str:
+    """A ``.lines.txt`` coordinate: integral values as ints, others as the shortest exact decimal.
+
+    The shortest round-trip repr parses back to the same double, so an evaluator's truncation
+    to int sees exactly the value that was written.
+    """
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     as_float = float(value)
@@ -246,7 +251,9 @@ def format_lines(lanes: Sequence[np.ndarray | Sequence[Sequence[float]]]) -> str
         if pts.ndim != 2 or pts.shape[1] != 2:
             raise ValueError(f"write_lines_txt: lane {index} must be (K, 2), got shape {pts.shape}")
         # MATLAB writes "%d %d " per point: keep its trailing space for byte-identical files.
-        out.append("".join(f"{_format_number(x)} {_format_number(y)} " for x, y in pts) + "\n")
+        out.append(
+            "".join(f"{format_coordinate(x)} {format_coordinate(y)} " for x, y in pts) + "\n"
+        )
     return "".join(out)
 
 
