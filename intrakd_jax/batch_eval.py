@@ -1,0 +1,232 @@
+"""The batch evaluation job: checkpoints -> official-format predictions, metrics, reports.
+
+``python main.py --config=configs/<dataset>.py --config.mode=evaluate
+--config.checkpoint=runs/demo/distill[,runs/demo/student,...] [--config.eval.split=test]``
+
+For every checkpoint (a stage directory, its ``best/`` or ``checkpoints/`` manager, or one step
+folder; several separated by commas) the job runs the model over the whole split on all
+devices (batch size ``config.eval_batch_size``, the last partial batch padded and masked),
+writes into ``<workdir>/evaluate/<run>/<split>/``:
+
+  report.json, report.md   mIoU at network resolution + the benchmark's official metrics
+  overlays/                prediction coloured over the input, ground truth beside it
+  predictions/, lines/ ... the official submission formats (see evaluation/protocols.py)
+
+and, with several checkpoints, ``<workdir>/evaluate/summary_<split>.{json,md}`` side by side.
+Process 0 writes files and computes the full-resolution metrics; every process runs the model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from data_pipelines.pipeline import ProgressLogger
+from intrakd_jax import checkpointing, parallel, steps
+from intrakd_jax.evaluation import protocols, report, visualize
+from intrakd_jax.evaluation.segmentation import iou_from_confusion
+
+EVAL_DIR = "evaluate"
+
+
+def checkpoint_paths(value: str | None) -> list[str]:
+    """Splits ``config.checkpoint`` (comma-separated paths) into a list.
+
+    Raises:
+      ValueError: nothing given.
+    """
+    paths = [p.strip() for p in (value or "").split(",") if p.strip()]
+    if not paths:
+        raise ValueError(
+            "mode=evaluate needs --config.checkpoint=<stage dir, e.g. runs/demo/distill>; "
+            "several checkpoints may be given separated by commas"
+        )
+    return paths
+
+
+def run_name(path: str, step: int) -> str:
+    """A folder name for one checkpoint: ``<stage>_step<N>`` (e.g. ``distill_step500``)."""
+    parts = os.path.abspath(path).rstrip(os.sep).split(os.sep)
+    # Skip the manager/step components to reach the stage directory's name.
+    while len(parts) > 1 and (
+        parts[-1].isdigit() or parts[-1] in (checkpointing.BEST_DIR, checkpointing.LATEST_DIR)
+    ):
+        parts.pop()
+    stage = re.sub(r"[^A-Za-z0-9_.-]+", "_", parts[-1]) or "checkpoint"
+    return f"{stage}_step{step}"
+
+
+def make_predict_fn(model, variables, mesh):
+    """``predict(images_bhwc) -> probs_bhwk`` (numpy) for arbitrary batch sizes and shapes.
+
+    The batch is padded to a multiple of the device count and sharded over ``data``; each new
+    input shape compiles once (test-time augmentation uses a handful).
+    """
+    num_devices = mesh.devices.size
+
+    def per_device(variables, images):
+        logits, _ = model.apply(variables, images, train=False)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    sharded = jax.jit(
+        jax.shard_map(
+            per_device,
+            mesh=mesh,
+            in_specs=(P(), P(parallel.DATA_AXIS)),
+            out_specs=P(parallel.DATA_AXIS),
+        )
+    )
+
+    def predict(images_bhwc: np.ndarray) -> np.ndarray:
+        images = np.asarray(images_bhwc, np.float32)
+        n = images.shape[0]
+        pad = -n % num_devices
+        if pad:
+            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.float32)])
+        arr = jax.device_put(images, parallel.batch_sharded(mesh))
+        return parallel.to_host(sharded(variables, arr))[:n]
+
+    return predict
+
+
+def _overlay_row(image_hwc, label_hw, pred_hw, data_config, num_classes: int) -> np.ndarray:
+    img = visualize.denormalize(image_hwc, data_config.mean_rgb, data_config.std_rgb)
+    return visualize.grid(
+        [[visualize.overlay(img, pred_hw, num_classes), visualize.colorize(label_hw, num_classes)]],
+        ["prediction", "ground truth"],
+    )
+
+
+def _examples(dataset, split: str) -> list:
+    getter = getattr(dataset, "examples", None)
+    return list(getter(split) if callable(getter) else dataset._examples(split))
+
+
+def evaluate_one(
+    config: ml_collections.ConfigDict,
+    dataset,
+    split: str,
+    model,
+    variables: Any,
+    mesh,
+    out_dir: str,
+) -> dict[str, Any]:
+    """Evaluates one set of model variables on ``split`` into ``out_dir`` (see module docstring).
+
+    Returns:
+      The metrics: ``miou``, per-class ``iou`` (network resolution) and the protocol's official
+      metrics.
+    """
+    info = dataset.info
+    examples = _examples(dataset, split)
+    ecfg = config.eval
+    ctx = protocols.ProtocolContext(
+        split=split,
+        out_dir=out_dir,
+        data_dir=getattr(dataset, "data_dir", ""),
+        class_names=tuple(info.class_names),
+        source_hw=tuple(dataset.source_image_hw(split)),
+        crop_top=dataset.options.crop_top,
+        network_hw=tuple(info.image_hw),
+        mean_rgb=tuple(dataset.options.mean_rgb),
+        std_rgb=tuple(dataset.options.std_rgb),
+        write_predictions=bool(ecfg.get("write_predictions", True)),
+        exist_min_fraction=float(ecfg.get("exist_min_fraction", 0.0005)),
+        tta=ecfg.get("tta", "none") or "none",
+        tta_test_size=int(ecfg.get("tta_test_size", 1440)),
+        include_void=bool(ecfg.get("include_void", True)),
+        workers=ecfg.get("workers"),
+    )
+    lead = jax.process_index() == 0
+    predict_fn = make_predict_fn(model, variables, mesh) if ctx.tta != "none" else None
+    protocol = protocols.get_protocol(info.name, ctx, predict_fn)
+    eval_step = steps.make_eval_step(model, mesh, info.num_classes, info.ignore_label)
+    num_overlays = int(ecfg.get("num_overlays", 16))
+    if lead:
+        os.makedirs(os.path.join(out_dir, "overlays"), exist_ok=True)
+
+    conf = np.zeros((info.num_classes, info.num_classes), np.int64)
+    total = -(-len(examples) // config.eval_batch_size)
+    if ecfg.max_batches:
+        total = min(total, ecfg.max_batches)
+    progress = ProgressLogger(
+        f"[evaluate {os.path.basename(out_dir)}] images",
+        min(len(examples), total * config.eval_batch_size),
+        every_s=10.0,
+    )
+    batches = dataset.eval_batches(
+        split,
+        parallel.local_batch_size(config.eval_batch_size, mesh),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    written = 0
+    for i, batch in enumerate(batches):
+        if i >= total:
+            break
+        gbatch = parallel.to_global(batch, mesh)
+        batch_conf, probs = eval_step(variables, gbatch)
+        conf += np.asarray(jax.device_get(batch_conf), np.int64)
+        host = parallel.to_host({"probs": probs, **gbatch})
+        valid = np.flatnonzero(host["mask"])
+        if lead:
+            for j in valid:
+                ex = examples[int(host["index"][j])]
+                protocol.add(ex.key, ex.image_path, ex.label_path, host["probs"][j])
+                if num_overlays < 0 or written < num_overlays:
+                    row = _overlay_row(
+                        host["image"][j],
+                        host["label"][j],
+                        host["probs"][j].argmax(-1),
+                        config.data,
+                        info.num_classes,
+                    )
+                    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", ex.key) + ".png"
+                    visualize.save_png(os.path.join(out_dir, "overlays", name), row)
+                    written += 1
+        progress.update(len(valid))
+    progress.finish()
+
+    metrics = iou_from_confusion(conf)
+    metrics["iou_by_class"] = dict(zip(info.class_names, metrics["iou"], strict=True))
+    tables = {
+        "mIoU at network resolution": report.markdown_table(
+            [{"class": n, "IoU": v} for n, v in metrics["iou_by_class"].items()]
+            + [{"class": "**mean**", "IoU": metrics["miou"]}],
+            ["class", "IoU"],
+        )
+    }
+    if lead:
+        official, official_tables = protocol.finish()
+        metrics.update(official)
+        tables.update(official_tables)
+        report.write_report(out_dir, "report", metrics, tables)
+    return metrics
+
+
+def summary_table(results: dict[str, dict[str, Any]]) -> str:
+    """One row per checkpoint: mIoU and the headline official numbers that are present."""
+    rows = []
+    for name, m in results.items():
+        row = {"checkpoint": name, "mIoU": m["miou"]}
+        if "map" in m:
+            row["pixel mAP"] = m["map"]
+        if "lane_f1" in m:
+            row["lane F1"] = m["lane_f1"]["f1"]
+        if "culane_f1" in m:
+            row["CULane F1"] = m["culane_f1"]["f1"]
+        if "official" in m:
+            row["official mIoU"] = m["official"]["miou"]
+        rows.append(row)
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    for r in rows:
+        for c in columns:
+            r.setdefault(c, float("nan"))
+    return report.markdown_table(rows, columns, float_fmt="{:.4f}")
