@@ -28,7 +28,11 @@ class AugmentSpec:
         enabled: False turns every augmentation off (plain resize to the network size).
         scale_range: (low, high) of the random scale applied to the network size before the random
             crop/pad back to it; (1.0, 1.0) disables scaling.
+        scale_of: what ``scale_range`` multiplies: ``"output"`` (the network size ``image_hw``; the
+            scaled image is then ``round(image_hw * s)``) or ``"source"`` (the decoded, top-cropped
+            image, like IntRA-KD's ``GroupRandomScale``: ``round(source_hw * s)``, aspect kept).
         rotation_deg: maximum absolute rotation angle in degrees (uniform in [-r, r]); 0 disables.
+        rotation_prob: probability of rotating an example at all (IntRA-KD ApolloScape: 0.5).
         hflip: random horizontal flip with probability 0.5; the label's class ids go through the
             dataset's left/right swap table.
         brightness: maximum additive brightness change as a fraction of 255 (uniform in [-b, b]);
@@ -37,7 +41,9 @@ class AugmentSpec:
 
     enabled: bool = False
     scale_range: tuple[float, float] = (1.0, 1.0)
+    scale_of: str = "output"
     rotation_deg: float = 0.0
+    rotation_prob: float = 1.0
     hflip: bool = False
     brightness: float = 0.0
 
@@ -76,13 +82,23 @@ class AugmentSpec:
         spec = cls(
             enabled=bool(get("enabled", False)),
             scale_range=(lo, hi),
+            scale_of=str(get("scale_of", "output")),
             rotation_deg=float(get("rotation_deg", 0.0)),
+            rotation_prob=float(get("rotation_prob", 1.0)),
             hflip=bool(get("hflip", False)),
             brightness=float(get("brightness", 0.0)),
         )
         if not (0.0 <= spec.rotation_deg < 90.0):
             raise DataConfigError(
                 f"{where}.rotation_deg must be in [0, 90), got {spec.rotation_deg!r}"
+            )
+        if spec.scale_of not in ("output", "source"):
+            raise DataConfigError(
+                f"{where}.scale_of must be 'output' or 'source', got {spec.scale_of!r}"
+            )
+        if not (0.0 <= spec.rotation_prob <= 1.0):
+            raise DataConfigError(
+                f"{where}.rotation_prob must be in [0, 1], got {spec.rotation_prob!r}"
             )
         if not (0.0 <= spec.brightness <= 1.0):
             raise DataConfigError(
@@ -206,8 +222,13 @@ def augment_pair(
     scale = tf.random.stateless_uniform([], seed=seeds[0], minval=lo, maxval=hi)
     if lo == hi:
         scale = tf.constant(lo, tf.float32)
-    new_h = tf.maximum(1, tf.cast(tf.round(out_h * scale), tf.int32))
-    new_w = tf.maximum(1, tf.cast(tf.round(out_w * scale), tf.int32))
+    if spec.scale_of == "source":
+        src_hw = tf.cast(tf.shape(image_hwc)[:2], tf.float32)
+        base_h, base_w = src_hw[0], src_hw[1]
+    else:
+        base_h, base_w = float(out_h), float(out_w)
+    new_h = tf.maximum(1, tf.cast(tf.round(base_h * scale), tf.int32))
+    new_w = tf.maximum(1, tf.cast(tf.round(base_w * scale), tf.int32))
     image = tf.image.resize(tf.cast(image_hwc, tf.float32), tf.stack([new_h, new_w]))
     label = tf.image.resize(label_hw1, tf.stack([new_h, new_w]), method="nearest")
 
@@ -229,6 +250,12 @@ def augment_pair(
     if spec.rotation_deg > 0.0:
         max_rad = math.radians(spec.rotation_deg)
         angle = tf.random.stateless_uniform([], seed=seeds[4], minval=-max_rad, maxval=max_rad)
+        if spec.rotation_prob < 1.0:
+            # The coin uses a seed folded from the angle's, so specs with rotation_prob 1 keep
+            # exactly the random streams they had before this option existed.
+            coin_seed = tf.random.experimental.stateless_fold_in(seeds[4], 1)
+            rotate = tf.random.stateless_uniform([], seed=coin_seed) < spec.rotation_prob
+            angle = tf.where(rotate, angle, 0.0)
         image, label = rotate_pair(image, label, angle, ignore_label)
 
     if spec.hflip:

@@ -14,25 +14,52 @@ iterators the training code consumes:
   ``index`` marking the padding.
 
 Only indices are shuffled; images are decoded after the order is fixed. TF is kept off GPUs.
+
+Sources (``config.data.source``): ``"files"`` reads the reader's image/label files; ``"tfds"``
+reads the same bytes from a TFDS dataset prepared by ``data_pipelines.tfds_builders`` (array_record
+random access, so the index streams above are unchanged). Both feed one graph after the bytes are
+read: decode, crop, normalise, augment.
+
+Corrupt samples: a file that cannot be read or decoded (or whose label does not match its image)
+makes tf.data fail inside the iterator. The batch iterators catch that error, re-check the
+examples of the failing batch eagerly to find the culprit, and then either raise
+``CorruptSampleError`` naming the file (default) or, with ``config.data.skip_corrupt=True``, record
+the example as corrupt and rebuild the stream at the same step:
+
+* training: a stream position whose example is corrupt takes the next non-corrupt example of that
+  epoch's order instead (augmentation still seeded by the position), so every other position, and
+  therefore the batch of every step, stays a pure function of (seed, step, set of corrupt files),
+  whenever the corrupt file is discovered and after a resume;
+* evaluation: the corrupt example is masked like padding (``mask`` False, ``index`` -1) so the
+  other examples keep their batch positions.
+
+The skipped examples are listed by ``SegmentationDataset.corrupt_samples`` and counted by the
+iterators' ``num_skipped`` (logged by the training loop).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import io
 import itertools
 import math
+import os
+import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from PIL import Image
 
 from data_pipelines import augment as augment_lib
-from data_pipelines.errors import DataConfigError
+from data_pipelines.errors import DataConfigError, DataError
 
 IGNORE_LABEL = 255
+SOURCES = ("files", "tfds")
 
 _gpus_hidden = False
 
@@ -94,6 +121,11 @@ class PipelineOptions:
         prefetch: number of batches prefetched (0 = none, -1 = AUTOTUNE).
         class_lut: uint8 (256,) left/right class swap table used by horizontal flips, or None.
         ignore_label: label value of padding / rotation fill.
+        skip_corrupt: skip (train) or mask (eval) corrupt samples instead of stopping.
+        source: ``"files"`` (the reader's files) or ``"tfds"`` (a prepared TFDS dataset).
+        tfds_data_dir: TFDS data_dir holding the prepared dataset (None = TFDS's default).
+        tfds_name: TFDS ``name/config`` to read (resolved from the data config).
+        max_examples: per-split caps applied to a TFDS source (files readers cap their lists).
     """
 
     image_hw: tuple[int, int]
@@ -106,6 +138,11 @@ class PipelineOptions:
     prefetch: int = 2
     class_lut: np.ndarray | None = None
     ignore_label: int = IGNORE_LABEL
+    skip_corrupt: bool = False
+    source: str = "files"
+    tfds_data_dir: str | None = None
+    tfds_name: str | None = None
+    max_examples: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 def config_get(cfg, name: str, default=None):
@@ -131,7 +168,8 @@ def options_from_config(cfg, class_lut: np.ndarray | None = None) -> PipelineOpt
 
     Args:
         cfg: the data ConfigDict (fields image_hw, crop_top, mean_rgb, std_rgb, augment, shuffle,
-            num_parallel_calls, prefetch).
+            num_parallel_calls, prefetch, skip_corrupt, source, tfds_data_dir, tfds_name,
+            max_examples).
         class_lut: the dataset's left/right class swap table for horizontal flips.
 
     Returns:
@@ -164,6 +202,23 @@ def options_from_config(cfg, class_lut: np.ndarray | None = None) -> PipelineOpt
     prefetch = int(config_get(cfg, "prefetch", 2))
     if prefetch < -1:
         raise DataConfigError(f"config.data.prefetch must be >= -1, got {prefetch}")
+    skip_corrupt = config_get(cfg, "skip_corrupt", False)
+    if not isinstance(skip_corrupt, bool):
+        raise DataConfigError(
+            f"config.data.skip_corrupt must be True or False, got {skip_corrupt!r}"
+        )
+    source = config_get(cfg, "source", "files")
+    if source not in SOURCES:
+        raise DataConfigError(f"config.data.source must be one of {list(SOURCES)}, got {source!r}")
+    tfds_data_dir = config_get(cfg, "tfds_data_dir")
+    if tfds_data_dir is not None:
+        tfds_data_dir = os.path.abspath(os.path.expanduser(os.fspath(tfds_data_dir)))
+    tfds_name = None
+    if source == "tfds":
+        # Imported here: tensorflow_datasets is slow to import and only needed for this source.
+        from data_pipelines import tfds_builders
+
+        tfds_name = tfds_builders.tfds_name_for_config(cfg)
     return PipelineOptions(
         image_hw=image_hw,
         crop_top=crop_top,
@@ -174,7 +229,28 @@ def options_from_config(cfg, class_lut: np.ndarray | None = None) -> PipelineOpt
         num_parallel_calls=npc,
         prefetch=prefetch,
         class_lut=class_lut,
+        skip_corrupt=skip_corrupt,
+        source=source,
+        tfds_data_dir=tfds_data_dir,
+        tfds_name=tfds_name,
+        max_examples=_max_examples(config_get(cfg, "max_examples")),
     )
+
+
+def _max_examples(cfg) -> dict[str, int]:
+    if cfg is None:
+        return {}
+    items = cfg.items() if hasattr(cfg, "items") else ()
+    out = {}
+    for split, cap in items:
+        if cap is None:
+            continue
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+            raise DataConfigError(
+                f"config.data.max_examples.{split} must be None or an int >= 1, got {cap!r}"
+            )
+        out[str(split)] = cap
+    return out
 
 
 class ProgressLogger:
@@ -247,13 +323,21 @@ def train_stream(
     process_index: int = 0,
     process_count: int = 1,
     shuffle: bool = True,
+    excluded: frozenset[int] = frozenset(),
 ) -> Iterator[tuple[int, int]]:
     """Infinite ``(example index, global stream position)`` pairs of one process, in batch order.
 
     Global batch ``s`` is stream positions ``[s*G, (s+1)*G)`` (``G = batch_size*process_count``);
     process ``p`` yields positions ``s*G + p*batch_size + j`` for ``j < batch_size``. Position
-    ``q`` is example ``epoch_permutation(seed, q // N)[q % N]``.
+    ``q`` is example ``order[q % N]`` with ``order = epoch_permutation(seed, q // N)``; when that
+    example is in ``excluded`` (corrupt), the next non-excluded example of ``order`` (cyclically)
+    takes its place, so the other positions do not move.
+
+    Raises:
+        DataError: every example is excluded.
     """
+    if excluded and all(i in excluded for i in range(num_examples)):
+        raise DataError(f"all {num_examples} examples of the training split are corrupt")
     g = batch_size * process_count
     cached_epoch, order = -1, None
     for step in itertools.count(start_step):
@@ -262,7 +346,11 @@ def train_stream(
             epoch, offset = divmod(pos, num_examples)
             if epoch != cached_epoch:
                 cached_epoch, order = epoch, epoch_permutation(seed, epoch, num_examples, shuffle)
-            yield int(order[offset]), pos
+            index = int(order[offset])
+            while index in excluded:
+                offset = (offset + 1) % num_examples
+                index = int(order[offset])
+            yield index, pos
 
 
 def eval_indices(
@@ -294,6 +382,144 @@ def _check_batch_args(batch_size, process_index, process_count) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Sources: where the encoded bytes of example i come from.
+
+
+class SplitSource(abc.ABC):
+    """The encoded image/label bytes of one split's examples, by index, in key order."""
+
+    @property
+    @abc.abstractmethod
+    def keys(self) -> list[str]:
+        """Example keys in index order."""
+
+    @property
+    @abc.abstractmethod
+    def labelled(self) -> bool:
+        """Whether the split has labels."""
+
+    @abc.abstractmethod
+    def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Graph op: ``image``/``label`` bytes and ``image_name``/``label_name`` of ``index``."""
+
+    @abc.abstractmethod
+    def names(self, i: int) -> tuple[str, str | None]:
+        """Human-readable names (paths) of the image and label of example ``i``."""
+
+    @abc.abstractmethod
+    def fetch(self, i: int) -> tuple[bytes, bytes | None]:
+        """Python read of example ``i``'s bytes; raises ``OSError`` naming a missing file."""
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class FileSource(SplitSource):
+    """Reads the files of a reader's ``Example`` list."""
+
+    def __init__(self, examples: Sequence[Example]):
+        """Takes the split's examples (all labelled or none)."""
+        self.examples = list(examples)
+        labelled = [e.label_path is not None for e in self.examples]
+        if any(labelled) and not all(labelled):
+            raise ValueError("a split must be labelled for all examples or for none")
+        self._labelled = bool(self.examples) and all(labelled)
+        self._keys = [e.key for e in self.examples]
+        # Numpy, not tf constants: each traced graph embeds its own copy (a tensor made eagerly
+        # here would initialise TF's devices before the GPUs are hidden).
+        self._image_paths = np.array([e.image_path for e in self.examples], dtype=object)
+        self._label_paths = np.array([e.label_path or "" for e in self.examples], dtype=object)
+
+    @property
+    def keys(self) -> list[str]:
+        """Example keys in index order."""
+        return self._keys
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the split has labels."""
+        return self._labelled
+
+    def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Graph op reading the example's files."""
+        image_path = tf.gather(tf.constant(self._image_paths, tf.string), index)
+        out = {"image": tf.io.read_file(image_path), "image_name": image_path}
+        if self._labelled:
+            label_path = tf.gather(tf.constant(self._label_paths, tf.string), index)
+            out.update(label=tf.io.read_file(label_path), label_name=label_path)
+        return out
+
+    def names(self, i: int) -> tuple[str, str | None]:
+        """The example's image and label paths."""
+        e = self.examples[i]
+        return e.image_path, e.label_path
+
+    def fetch(self, i: int) -> tuple[bytes, bytes | None]:
+        """The example's file contents."""
+        e = self.examples[i]
+        with open(e.image_path, "rb") as f:
+            image = f.read()
+        if e.label_path is None:
+            return image, None
+        with open(e.label_path, "rb") as f:
+            return image, f.read()
+
+
+class TfdsSource(SplitSource):
+    """Random access into a TFDS dataset prepared by ``data_pipelines.tfds_builders``."""
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], keys: Sequence[str], labelled: bool,
+                 name: str):  # fmt: skip
+        """Wraps a TFDS data source (records with ``image``/``label`` bytes) of one split.
+
+        Args:
+            records: ``tfds.data_source`` of the split (indexable, len = number of records).
+            keys: the keys of the records to use, in index order (a prefix when capped).
+            labelled: whether the split has labels.
+            name: ``name/config/split`` used in error messages.
+        """
+        self._records = records
+        self._keys = list(keys)
+        self._labelled = labelled
+        self.name = name
+
+    @property
+    def keys(self) -> list[str]:
+        """Example keys in index order."""
+        return self._keys
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the split has labels."""
+        return self._labelled
+
+    def _get(self, i) -> tuple[bytes, bytes]:
+        rec = self._records[int(i)]
+        return rec["image"], rec["label"] if self._labelled else b""
+
+    def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Graph op fetching the record's bytes through ``tf.numpy_function``."""
+        image, label = tf.numpy_function(self._get, [index], [tf.string, tf.string], stateful=False)
+        image.set_shape([])
+        label.set_shape([])
+        name = tf.strings.join(["tfds:", self.name, "[", tf.strings.as_string(index), "]"])
+        out = {"image": image, "image_name": tf.strings.join([name, " image"])}
+        if self._labelled:
+            out.update(label=label, label_name=tf.strings.join([name, " label"]))
+        return out
+
+    def names(self, i: int) -> tuple[str, str | None]:
+        """``tfds:<name/config/split>[i] image`` (and ``label``), with the example key."""
+        base = f"tfds:{self.name}[{i}] (key {self._keys[i]!r})"
+        return f"{base} image", (f"{base} label" if self._labelled else None)
+
+    def fetch(self, i: int) -> tuple[bytes, bytes | None]:
+        """The record's bytes."""
+        image, label = self._get(i)
+        return image, (label if self._labelled else None)
+
+
+# ----------------------------------------------------------------------------------------------
 # tf.data graphs.
 
 
@@ -302,51 +528,75 @@ def decode_png_label(contents: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_png(contents, channels=1, dtype=tf.uint8)
 
 
+def _first_line(e: Exception) -> str:
+    """The cause of a (TF) error in one line."""
+    lines = [ln.strip() for ln in (getattr(e, "message", None) or str(e)).splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        return type(e).__name__
+    msg = lines[0]
+    # Graph errors: "Graph execution error: / Detected at node ... / File ... / <cause> /
+    # [[{{node X}}]]": the cause is the line before the node marker.
+    marker = next((k for k, ln in enumerate(lines) if ln.startswith("[[")), None)
+    if marker:
+        msg = lines[marker - 1]
+    # TF prefixes messages with "{{function_node ...}}"; the cause is after it.
+    if msg.startswith("{{function_node") and "}}" in msg:
+        msg = msg.split("}}", 1)[1].strip()
+    # Drop the op trailer of eager errors: "... [Op:DecodeImage] name: ".
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", msg) or type(e).__name__
+
+
 class _Loader:
     """Builds the per-example graph functions for one split."""
 
     def __init__(
         self,
-        examples: Sequence[Example],
+        source: SplitSource | Sequence[Example],
         options: PipelineOptions,
         decode_label: Callable[[tf.Tensor], tf.Tensor],
     ):
+        if not isinstance(source, SplitSource):
+            source = FileSource(source)
+        self.source = source
         self.options = options
         self.decode_label = decode_label
-        self.image_paths = tf.constant([e.image_path for e in examples], tf.string)
-        labelled = [e.label_path is not None for e in examples]
-        if any(labelled) and not all(labelled):
-            raise ValueError("a split must be labelled for all examples or for none")
-        self.labelled = bool(examples) and all(labelled)
-        self.label_paths = (
-            tf.constant([e.label_path for e in examples], tf.string) if self.labelled else None
-        )
+        self.labelled = source.labelled
         self.mean = tf.constant(options.mean_rgb, tf.float32)
         self.std = tf.constant(options.std_rgb, tf.float32)
+        self._decoders = None  # graph-mode decoders for diagnose(), made on first use
 
-    def read(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Decoded, top-cropped, normalised image float32 (h,w,3) and label uint8 (h,w,1)."""
-        o = self.options
-        image_path = tf.gather(self.image_paths, index)
-        image = tf.io.decode_image(
-            tf.io.read_file(image_path), channels=3, dtype=tf.uint8, expand_animations=False
-        )
+    def decode_image(self, contents: tf.Tensor) -> tf.Tensor:
+        """Encoded image -> uint8 (H, W, 3) RGB."""
+        image = tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
         image.set_shape([None, None, 3])
-        if self.labelled:
-            label_path = tf.gather(self.label_paths, index)
-            label = self.decode_label(tf.io.read_file(label_path))
-            label.set_shape([None, None, 1])
+        return image
+
+    def decode_label_bytes(self, contents: tf.Tensor) -> tf.Tensor:
+        """Encoded label -> uint8 (H, W, 1) class ids."""
+        label = self.decode_label(contents)
+        label.set_shape([None, None, 1])
+        return label
+
+    def combine(
+        self,
+        image: tf.Tensor,
+        label: tf.Tensor | None,
+        image_name: tf.Tensor | str,
+        label_name: tf.Tensor | str,
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Size check, top crop and normalisation: float32 (h,w,3) image, uint8 (h,w,1) label.
+
+        ``label`` None (unlabelled split) gives a label of ``ignore_label`` everywhere.
+        """
+        o = self.options
+        if label is not None:
             same = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label)[:2]))
             check = tf.debugging.Assert(
                 same,
-                [
-                    "image/label size mismatch:",
-                    image_path,
-                    tf.shape(image),
-                    label_path,
-                    tf.shape(label),
-                ],
-            )
+                ["image/label size mismatch:", image_name, tf.shape(image), label_name,
+                 tf.shape(label)],
+            )  # fmt: skip
             with tf.control_dependencies([check]):
                 label = tf.identity(label)
         else:
@@ -356,13 +606,61 @@ class _Loader:
         if o.crop_top:
             fits = tf.shape(image)[0] > o.crop_top
             check = tf.debugging.Assert(
-                fits, ["config.data.crop_top leaves no rows of image", image_path, tf.shape(image)]
+                fits, ["config.data.crop_top leaves no rows of image", image_name, tf.shape(image)]
             )
             with tf.control_dependencies([check]):
                 image = image[o.crop_top :]
                 label = label[o.crop_top :]
         image = (tf.cast(image, tf.float32) - self.mean) / self.std
         return image, label
+
+    def read(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Decoded, top-cropped, normalised image float32 (h,w,3) and label uint8 (h,w,1)."""
+        raw = self.source.read(index)
+        image = self.decode_image(raw["image"])
+        label = self.decode_label_bytes(raw["label"]) if self.labelled else None
+        return self.combine(image, label, raw["image_name"], raw.get("label_name", ""))
+
+    def diagnose(self, i: int) -> tuple[str, str] | None:
+        """Re-reads example ``i`` step by step: ``(file, reason)`` if it is corrupt."""
+        image_name, label_name = self.source.names(i)
+        try:
+            image_bytes, label_bytes = self.source.fetch(i)
+        except OSError as e:
+            missing = getattr(e, "filename", None) or image_name
+            return os.fspath(missing), f"cannot read file ({e.strerror or e})"
+        # The decoders run as graphs, like in tf.data: a tf.numpy_function decoder gets other
+        # argument types when called eagerly.
+        decode_image, decode_label = self._graph_decoders()
+        try:
+            image_hw = tuple(decode_image(tf.constant(image_bytes)).shape[:2])
+        except Exception as e:  # noqa: BLE001 -- any decoder failure condemns the file
+            return image_name, f"cannot decode image ({_first_line(e)})"
+        if self.labelled:
+            try:
+                label_hw = tuple(decode_label(tf.constant(label_bytes)).shape[:2])
+            except Exception as e:  # noqa: BLE001
+                return label_name, f"cannot decode label ({_first_line(e)})"
+            if image_hw != label_hw:
+                return label_name, (
+                    f"label is {label_hw[1]}x{label_hw[0]} (WxH) but its image "
+                    f"{image_name} is {image_hw[1]}x{image_hw[0]}"
+                )
+        if self.options.crop_top and image_hw[0] <= self.options.crop_top:
+            return image_name, (
+                f"image has {image_hw[0]} rows; config.data.crop_top = "
+                f"{self.options.crop_top} leaves none"
+            )
+        return None
+
+    def _graph_decoders(self):
+        if self._decoders is None:
+            spec = [tf.TensorSpec([], tf.string)]
+            self._decoders = (
+                tf.function(self.decode_image, input_signature=spec, autograph=False),
+                tf.function(self.decode_label_bytes, input_signature=spec, autograph=False),
+            )
+        return self._decoders
 
     def finish(self, image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         h, w = self.options.image_hw
@@ -421,8 +719,15 @@ def _prefetch(ds: tf.data.Dataset, prefetch: int) -> tf.data.Dataset:
     return ds.prefetch(tf.data.AUTOTUNE if prefetch < 0 else prefetch)
 
 
+def _check_train_args(seed, start_step) -> None:
+    if not isinstance(seed, int | np.integer) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    if not isinstance(start_step, int | np.integer) or start_step < 0:
+        raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
+
+
 def build_train_dataset(
-    examples: Sequence[Example],
+    examples: Sequence[Example] | SplitSource,
     options: PipelineOptions,
     seed: int,
     batch_size: int,
@@ -430,14 +735,16 @@ def build_train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     decode_label: Callable[[tf.Tensor], tf.Tensor] = decode_png_label,
+    excluded: frozenset[int] = frozenset(),
 ) -> tf.data.Dataset:
-    """Infinite per-process training batches (see the module docstring for the contract)."""
+    """Infinite per-process training batches (see the module docstring for the contract).
+
+    ``examples`` is the split's ``Example`` list or a ``SplitSource``; ``excluded`` holds the
+    indices of corrupt examples, replaced as ``train_stream`` describes.
+    """
     _check_batch_args(batch_size, process_index, process_count)
-    if not isinstance(seed, int | np.integer) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
-    if not isinstance(start_step, int | np.integer) or start_step < 0:
-        raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
-    if not examples:
+    _check_train_args(seed, start_step)
+    if not len(examples):
         raise ValueError("cannot build a training pipeline over 0 examples")
     hide_gpus_from_tf()
     loader = _Loader(examples, options, decode_label)
@@ -445,11 +752,13 @@ def build_train_dataset(
         raise ValueError("cannot train on a split without labels")
     n = len(examples)
     seed, start_step = int(seed), int(start_step)
+    excluded = frozenset(excluded)
 
     def gen():
         yield from train_stream(
-            seed, n, batch_size, start_step, process_index, process_count, options.shuffle
-        )
+            seed, n, batch_size, start_step, process_index, process_count, options.shuffle,
+            excluded,
+        )  # fmt: skip
 
     ds = tf.data.Dataset.from_generator(
         gen,
@@ -465,21 +774,29 @@ def build_train_dataset(
 
 
 def build_eval_dataset(
-    examples: Sequence[Example],
+    examples: Sequence[Example] | SplitSource,
     options: PipelineOptions,
     batch_size: int,
     process_index: int = 0,
     process_count: int = 1,
     decode_label: Callable[[tf.Tensor], tf.Tensor] = decode_png_label,
+    excluded: frozenset[int] = frozenset(),
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
-    """One padded pass over ``examples`` in order; unlabelled splits get labels of all 255."""
+    """One padded pass over ``examples`` in order; unlabelled splits get labels of all 255.
+
+    Examples in ``excluded`` (corrupt) are masked like padding; ``start_batch`` skips the first
+    batches of the pass.
+    """
     _check_batch_args(batch_size, process_index, process_count)
-    if not examples:
+    if not len(examples):
         raise ValueError("cannot build an eval pipeline over 0 examples")
     hide_gpus_from_tf()
     loader = _Loader(examples, options, decode_label)
-    indices = eval_indices(len(examples), batch_size, process_index, process_count)
-    ds = tf.data.Dataset.from_tensor_slices(indices)
+    indices = _masked_eval_indices(
+        len(examples), batch_size, process_index, process_count, excluded
+    )
+    ds = tf.data.Dataset.from_tensor_slices(indices[start_batch * batch_size :])
     ds = ds.map(
         loader.eval_example, num_parallel_calls=options.num_parallel_calls, deterministic=True
     )
@@ -487,15 +804,162 @@ def build_eval_dataset(
     return _deterministic(_prefetch(ds, options.prefetch))
 
 
+def _masked_eval_indices(n, batch_size, process_index, process_count, excluded) -> np.ndarray:
+    indices = eval_indices(n, batch_size, process_index, process_count)
+    if excluded:
+        indices = np.where(np.isin(indices, sorted(excluded)), -1, indices)
+    return indices
+
+
+# ----------------------------------------------------------------------------------------------
+# Corrupt-sample handling.
+
+
+@dataclasses.dataclass(frozen=True)
+class CorruptSample:
+    """An example the pipeline could not load: where and why."""
+
+    split: str
+    index: int
+    key: str
+    path: str
+    reason: str
+
+    def describe(self) -> str:
+        """``path: reason (example 'key' of split 'split')``."""
+        return f"{self.path}: {self.reason} (example {self.key!r} of split {self.split!r})"
+
+
+class CorruptSampleError(DataError):
+    """A sample's file is missing or cannot be decoded; ``sample`` says which and why."""
+
+    def __init__(self, sample: CorruptSample, others: int = 0):
+        """Builds the message from ``sample`` (``others``: more corrupt samples in the batch)."""
+        more = f" ({others} more corrupt sample(s) in the same batch)" if others else ""
+        super().__init__(
+            f"corrupt sample: {sample.describe()}{more}. Fix or remove the file, set "
+            "config.data.skip_corrupt=True to skip such samples, or run --config.mode=check_data "
+            "to list every problem of the dataset"
+        )
+        self.sample = sample
+
+
+# Batches past the failing one that are re-checked when the failing batch looks clean (a
+# parallel map may report an element's error early; tf.data keeps order, so this is a guard).
+_LOOKAHEAD_BATCHES = 2
+
+
+class BatchIterator:
+    """Numpy batches from a tf.data pipeline that is rebuilt around corrupt samples.
+
+    Attributes:
+        split: the split being read.
+    """
+
+    def __init__(
+        self,
+        dataset: SegmentationDataset,
+        split: str,
+        loader_source: SplitSource,
+        make: Callable[[int, frozenset[int]], tf.data.Dataset],
+        batch_indices: Callable[[int, frozenset[int]], list[int]],
+        start: int,
+    ):
+        """Wraps ``make(start, excluded)`` (a tf.data pipeline from batch ``start``).
+
+        Args:
+            dataset: owner of the split's corrupt-sample record and the diagnosis.
+            split: split name.
+            loader_source: the split's source (for keys in messages).
+            make: builds the pipeline from a batch number with a set of excluded indices.
+            batch_indices: example indices (no padding) of batch ``b`` given the excluded set.
+            start: number of the first batch.
+        """
+        self.split = split
+        self._dataset = dataset
+        self._source = loader_source
+        self._make = make
+        self._batch_indices = batch_indices
+        self._batch = start
+        self._it = None
+
+    @property
+    def num_skipped(self) -> int:
+        """Distinct corrupt samples of this split skipped (train) or masked (eval) so far."""
+        return len(self._dataset._corrupt.get(self.split, {}))
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        while True:
+            if self._it is None:
+                excluded = frozenset(self._dataset._corrupt.get(self.split, {}))
+                self._it = self._make(self._batch, excluded).as_numpy_iterator()
+            try:
+                batch = next(self._it)
+            except tf.errors.OpError as e:
+                error = e
+            else:
+                self._batch += 1
+                return batch
+            # Outside the except block and without the traceback (whose frames hold the failed
+            # pipeline), so that pipeline and its reader threads are gone before the re-reads.
+            error.__traceback__ = None
+            self._it = None
+            self._handle_error(error)
+
+    def _handle_error(self, error: tf.errors.OpError) -> None:
+        known = self._dataset._corrupt.setdefault(self.split, {})
+        found: list[CorruptSample] = []
+        for b in range(self._batch, self._batch + 1 + _LOOKAHEAD_BATCHES):
+            for i in self._batch_indices(b, frozenset(known)):
+                if i in known or any(s.index == i for s in found):
+                    continue
+                culprit = self._dataset._diagnose(self.split, i)
+                if culprit is not None:
+                    path, reason = culprit
+                    found.append(CorruptSample(self.split, i, self._source.keys[i], path, reason))
+            if found:
+                break
+        if not found:
+            raise error  # not attributable to a file: a genuine pipeline failure
+        if not self._dataset.options.skip_corrupt:
+            raise CorruptSampleError(found[0], others=len(found) - 1) from None
+        for s in found:
+            known[s.index] = s
+        logging.warning(
+            "skipped %d corrupt sample(s) of split %r (%d so far): %s",
+            len(found),
+            self.split,
+            len(known),
+            "; ".join(s.describe() for s in found),
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # The dataset object the training code holds.
+
+
+def _tfds_source(options: PipelineOptions, split: str, info: DatasetInfo) -> TfdsSource:
+    from data_pipelines import tfds_builders
+
+    records, keys, labelled = tfds_builders.open_split(
+        options.tfds_name, split, options.tfds_data_dir, class_names=info.class_names
+    )
+    cap = options.max_examples.get(split)
+    if cap is not None:
+        keys = keys[:cap]
+    return TfdsSource(records, keys, labelled, f"{options.tfds_name}/{split}")
 
 
 class SegmentationDataset(abc.ABC):
     """Base class of all readers: the split bookkeeping and batch iterators.
 
     Subclasses implement ``prepare`` and ``_examples``; they may override ``_decode_label``
-    (e.g. colour PNG -> train id) and pass a ``class_lut`` in ``options`` for flips.
+    (e.g. colour PNG -> train id) and pass a ``class_lut`` in ``options`` for flips. For the data
+    check (``data_pipelines.check``) they implement ``list_problems`` (list/layout problems) and,
+    when labels are not 8-bit gray PNGs of class ids, ``check_label``.
     """
 
     SPLITS: tuple[str, ...] = ("train", "valid", "test")
@@ -504,6 +968,9 @@ class SegmentationDataset(abc.ABC):
         """Stores the dataset's static info and pipeline options."""
         self._info = info
         self._options = options
+        self._corrupt: dict[str, dict[int, CorruptSample]] = {}
+        self._sources: dict[str, SplitSource] = {}
+        self._diagnosers: dict[str, _Loader] = {}
 
     @property
     def info(self) -> DatasetInfo:
@@ -530,15 +997,91 @@ class SegmentationDataset(abc.ABC):
         if split not in self.SPLITS:
             raise ValueError(f"unknown split {split!r}; known splits: {list(self.SPLITS)}")
 
+    def examples(self, split: str) -> list[Example]:
+        """The split's examples (raw files, whatever ``config.data.source`` says), in key order."""
+        self._check_split(split)
+        return self._examples(split)
+
+    def _source(self, split: str) -> SplitSource:
+        """Where the bytes of the split's examples come from (``config.data.source``)."""
+        if split not in self._sources:
+            hide_gpus_from_tf()
+            if self._options.source == "tfds":
+                self._sources[split] = _tfds_source(self._options, split, self._info)
+            else:
+                self._sources[split] = FileSource(self._examples(split))
+        return self._sources[split]
+
     def num_examples(self, split: str) -> int:
         """Number of examples in ``split`` (after ``max_examples`` caps)."""
         self._check_split(split)
-        return len(self._examples(split))
+        return len(self._source(split))
 
     def keys(self, split: str) -> list[str]:
         """Example keys of ``split`` in the fixed order used by eval batches' ``index``."""
         self._check_split(split)
-        return [e.key for e in self._examples(split)]
+        return list(self._source(split).keys)
+
+    def source_image_hw(self, split: str) -> tuple[int, int]:
+        """(height, width) of the split's raw frames, read from its first image."""
+        self._check_split(split)
+        image, _ = self._source(split).fetch(0)
+        with Image.open(io.BytesIO(image)) as im:
+            return im.height, im.width
+
+    # -- data check hooks ------------------------------------------------------------------------
+
+    def list_problems(self, split: str) -> list:
+        """Every malformed list line and missing file of ``split`` (``check.Problem`` list).
+
+        The default has no lists to parse: readers with list files override it.
+        """
+        self._check_split(split)
+        return []
+
+    def check_label(self, label_path: str) -> tuple[tuple[int, int], list[str]]:
+        """Reads a label file fully: its (H, W) and messages for values outside the class table.
+
+        The default expects an 8-bit single-channel PNG of class ids ``0..num_classes-1`` or
+        ``ignore_label``.
+
+        Raises:
+            OSError: the file is missing, truncated or not an image (the data check reports it).
+        """
+        with Image.open(label_path) as im:
+            im.load()
+            hw = (im.height, im.width)
+            if im.mode != "L":
+                return hw, [f"expected an 8-bit single-channel PNG, got PIL mode {im.mode!r}"]
+            values, counts = np.unique(np.asarray(im), return_counts=True)
+        return hw, self._label_value_messages(values, counts)
+
+    def _label_value_messages(self, values: np.ndarray, counts: np.ndarray) -> list[str]:
+        n, ignore = self._info.num_classes, self._info.ignore_label
+        bad = (values >= n) & (values != ignore)
+        if not bad.any():
+            return []
+        shown = ", ".join(str(int(v)) for v in values[bad][:10])
+        more = ", ..." if bad.sum() > 10 else ""
+        return [
+            f"values {{{shown}{more}}} not in 0..{n - 1} (or {ignore}) at "
+            f"{int(counts[bad].sum())} pixels"
+        ]
+
+    # -- corrupt samples ------------------------------------------------------------------------
+
+    @property
+    def corrupt_samples(self) -> list[CorruptSample]:
+        """Corrupt samples skipped or masked so far (``config.data.skip_corrupt``), all splits."""
+        return [s for split in self._corrupt.values() for s in split.values()]
+
+    def _diagnose(self, split: str, index: int) -> tuple[str, str] | None:
+        if split not in self._diagnosers:
+            loader = _Loader(self._source(split), self._options, self._decode_label)
+            self._diagnosers[split] = loader
+        return self._diagnosers[split].diagnose(index)
+
+    # -- batches --------------------------------------------------------------------------------
 
     def train_batches(
         self,
@@ -548,8 +1091,11 @@ class SegmentationDataset(abc.ABC):
         process_index: int = 0,
         process_count: int = 1,
         split: str | None = None,
-    ) -> Iterator[dict[str, np.ndarray]]:
+    ) -> BatchIterator:
         """Infinite per-process training batches: ``image`` f32 (B,H,W,3), ``label`` i32 (B,H,W).
+
+        A corrupt sample raises ``CorruptSampleError`` naming its file, or with
+        ``config.data.skip_corrupt`` is replaced as the module docstring describes.
 
         Args:
             batch_size: examples per process per step.
@@ -560,41 +1106,64 @@ class SegmentationDataset(abc.ABC):
             split: split to train on; defaults to the dataset's configured training split.
 
         Returns:
-            An iterator of numpy batch dicts.
+            An iterator of numpy batch dicts (``num_skipped`` counts skipped samples).
         """
         split = split or self._train_split()
         self._check_split(split)
-        ds = build_train_dataset(
-            self._examples(split),
-            self._options,
-            seed,
-            batch_size,
-            start_step,
-            process_index,
-            process_count,
-            decode_label=self._decode_label,
-        )
-        return ds.as_numpy_iterator()
+        _check_batch_args(batch_size, process_index, process_count)
+        _check_train_args(seed, start_step)
+        source = self._source(split)
+        o = self._options
+
+        def make(step: int, excluded: frozenset[int]) -> tf.data.Dataset:
+            return build_train_dataset(
+                source, o, seed, batch_size, step, process_index, process_count,
+                decode_label=self._decode_label, excluded=excluded,
+            )  # fmt: skip
+
+        def batch_indices(step: int, excluded: frozenset[int]) -> list[int]:
+            stream = train_stream(
+                int(seed), len(source), batch_size, step, process_index, process_count,
+                o.shuffle, excluded,
+            )  # fmt: skip
+            return [i for i, _ in itertools.islice(stream, batch_size)]
+
+        if not len(source):
+            raise ValueError(f"cannot build a training pipeline over 0 examples (split {split!r})")
+        if not source.labelled:
+            raise ValueError(f"cannot train on split {split!r}: it has no labels")
+        return BatchIterator(self, split, source, make, batch_indices, int(start_step))
 
     def eval_batches(
         self, split: str, batch_size: int, process_index: int = 0, process_count: int = 1
-    ) -> Iterator[dict[str, np.ndarray]]:
+    ) -> BatchIterator:
         """One pass over ``split`` in key order, no augmentation, padded to whole batches.
 
         Batches hold ``image`` f32 (B,H,W,3), ``label`` i32 (B,H,W) (all 255 for splits
         without labels), ``mask`` bool (B,) (False = padding) and ``index`` i32 (B,) into
-        ``keys(split)`` (-1 = padding). Every process yields the same number of batches.
+        ``keys(split)`` (-1 = padding). Every process yields the same number of batches. A
+        corrupt sample raises ``CorruptSampleError``, or with ``config.data.skip_corrupt`` is
+        masked like padding.
         """
         self._check_split(split)
-        ds = build_eval_dataset(
-            self._examples(split),
-            self._options,
-            batch_size,
-            process_index,
-            process_count,
-            decode_label=self._decode_label,
-        )
-        return ds.as_numpy_iterator()
+        _check_batch_args(batch_size, process_index, process_count)
+        source = self._source(split)
+
+        def make(start: int, excluded: frozenset[int]) -> tf.data.Dataset:
+            return build_eval_dataset(
+                source, self._options, batch_size, process_index, process_count,
+                decode_label=self._decode_label, excluded=excluded, start_batch=start,
+            )  # fmt: skip
+
+        def batch_indices(b: int, excluded: frozenset[int]) -> list[int]:
+            idx = _masked_eval_indices(
+                len(source), batch_size, process_index, process_count, excluded
+            )
+            return [int(i) for i in idx[b * batch_size : (b + 1) * batch_size] if i >= 0]
+
+        if not len(source):
+            raise ValueError(f"cannot build an eval pipeline over 0 examples (split {split!r})")
+        return BatchIterator(self, split, source, make, batch_indices, 0)
 
     def _train_split(self) -> str:
         return "train"
