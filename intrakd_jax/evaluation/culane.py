@@ -58,7 +58,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from intrakd_jax.evaluation.prob2lines import lines_txt_path
+from data_pipelines.lines_txt import lines_txt_path
 
 SPLINE_SAMPLES = 50
 CATEGORIES = ("normal", "crowd", "hlight", "shadow", "noline", "arrow", "curve", "cross", "night")
