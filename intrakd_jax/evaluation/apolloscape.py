@@ -1,7 +1,8 @@
 """ApolloScape lane segmentation: class table, official mIoU, internal mIoU, submission writer.
 
 * `LABELS` is the official class table (dataset-api `helpers/laneMarkDetection.py`, DATASETS.md
-  3.4) with the IntRA-KD 37-class train ids added; the lookup tables below are derived from it.
+  3.4) with the IntRA-KD 37-class train ids added; it and its lookup tables live in
+  `data_pipelines.apolloscape_classes` and are re-exported here.
 * Official metric (dataset-api `evaluation/evalPixelLevelSemanticLabeling.py`, which runs
   cityscapesScripts with this table, DATASETS.md 3.6): a confusion matrix over the 256 possible
   label ids of full-size id images, `conf[gt, pred]`, every pixel counted. For each class c with
@@ -20,7 +21,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import zipfile
@@ -31,103 +31,27 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from data_pipelines import apolloscape_classes as classes
 
-@dataclasses.dataclass(frozen=True)
-class ApolloLabel:
-    """One row of the official ApolloScape lane-marking class table."""
-
-    name: str
-    id: int  # value stored in label and submission PNGs
-    train_id: int  # official trainId (255 = not trained)
-    intrakd_train_id: int  # IntRA-KD 37-class train id (noise and ignored merged into 36)
-    category: str
-    cat_id: int
-    ignore_in_eval: bool
-    color: tuple[int, int, int]  # (R, G, B)
-
-
-# fmt: off
-LABELS: tuple[ApolloLabel, ...] = (
-    #            name        id  trainId ikTrain category     catId ignore color (R, G, B)
-    ApolloLabel("void",       0,   0,   0, "void",        0, False, (0, 0, 0)),
-    ApolloLabel("s_w_d",    200,   1,   1, "dividing",    1, False, (70, 130, 180)),
-    ApolloLabel("s_y_d",    204,   2,   2, "dividing",    1, False, (220, 20, 60)),
-    ApolloLabel("ds_w_dn",  213,   3,   3, "dividing",    1, True,  (128, 0, 128)),
-    ApolloLabel("ds_y_dn",  209,   4,   4, "dividing",    1, False, (255, 0, 0)),
-    ApolloLabel("sb_w_do",  206,   5,   5, "dividing",    1, True,  (0, 0, 60)),
-    ApolloLabel("sb_y_do",  207,   6,   6, "dividing",    1, True,  (0, 60, 100)),
-    ApolloLabel("b_w_g",    201,   7,   7, "guiding",     2, False, (0, 0, 142)),
-    ApolloLabel("b_y_g",    203,   8,   8, "guiding",     2, False, (119, 11, 32)),
-    ApolloLabel("db_w_g",   211,   9,   9, "guiding",     2, True,  (244, 35, 232)),
-    ApolloLabel("db_y_g",   208,  10,  10, "guiding",     2, True,  (0, 0, 160)),
-    ApolloLabel("db_w_s",   216,  11,  11, "stopping",    3, True,  (153, 153, 153)),
-    ApolloLabel("s_w_s",    217,  12,  12, "stopping",    3, False, (220, 220, 0)),
-    ApolloLabel("ds_w_s",   215,  13,  13, "stopping",    3, True,  (250, 170, 30)),
-    ApolloLabel("s_w_c",    218,  14,  14, "chevron",     4, True,  (102, 102, 156)),
-    ApolloLabel("s_y_c",    219,  15,  15, "chevron",     4, True,  (128, 0, 0)),
-    ApolloLabel("s_w_p",    210,  16,  16, "parking",     5, False, (128, 64, 128)),
-    ApolloLabel("s_n_p",    232,  17,  17, "parking",     5, True,  (238, 232, 170)),
-    ApolloLabel("c_wy_z",   214,  18,  18, "zebra",       6, False, (190, 153, 153)),
-    ApolloLabel("a_w_u",    202,  19,  19, "thru/turn",   7, True,  (0, 0, 230)),
-    ApolloLabel("a_w_t",    220,  20,  20, "thru/turn",   7, False, (128, 128, 0)),
-    ApolloLabel("a_w_tl",   221,  21,  21, "thru/turn",   7, False, (128, 78, 160)),
-    ApolloLabel("a_w_tr",   222,  22,  22, "thru/turn",   7, False, (150, 100, 100)),
-    ApolloLabel("a_w_tlr",  231,  23,  23, "thru/turn",   7, True,  (255, 165, 0)),
-    ApolloLabel("a_w_l",    224,  24,  24, "thru/turn",   7, False, (180, 165, 180)),
-    ApolloLabel("a_w_r",    225,  25,  25, "thru/turn",   7, False, (107, 142, 35)),
-    ApolloLabel("a_w_lr",   226,  26,  26, "thru/turn",   7, False, (201, 255, 229)),
-    ApolloLabel("a_n_lu",   230,  27,  27, "thru/turn",   7, True,  (0, 191, 255)),
-    ApolloLabel("a_w_tu",   228,  28,  28, "thru/turn",   7, True,  (51, 255, 51)),
-    ApolloLabel("a_w_m",    229,  29,  29, "thru/turn",   7, True,  (250, 128, 114)),
-    ApolloLabel("a_y_t",    233,  30,  30, "thru/turn",   7, True,  (127, 255, 0)),
-    ApolloLabel("b_n_sr",   205,  31,  31, "reduction",   8, False, (255, 128, 0)),
-    ApolloLabel("d_wy_za",  212,  32,  32, "attention",   9, True,  (0, 255, 255)),
-    ApolloLabel("r_wy_np",  227,  33,  33, "no parking", 10, False, (178, 132, 190)),
-    ApolloLabel("vom_wy_n", 223,  34,  34, "others",     11, True,  (128, 128, 64)),
-    ApolloLabel("om_n_n",   250,  35,  35, "others",     11, False, (102, 0, 204)),
-    ApolloLabel("noise",    249, 255,  36, "ignored",   255, True,  (0, 153, 153)),
-    ApolloLabel("ignored",  255, 255,  36, "ignored",   255, True,  (255, 255, 255)),
-)
-# fmt: on
-
-ID_TO_LABEL: dict[int, ApolloLabel] = {label.id: label for label in LABELS}
-NAME_TO_LABEL: dict[str, ApolloLabel] = {label.name: label for label in LABELS}
-VOID_ID = 0
-NUM_IDS = 256  # ids are 8-bit; the official confusion matrix is (max id + 1) squared
-NUM_INTRAKD_CLASSES = 37
-IGNORE_LABEL = 255
-# Ids scored by the official metric (ignoreInEval False), in table order: 17 markings + void.
-EVAL_IDS: tuple[int, ...] = tuple(label.id for label in LABELS if not label.ignore_in_eval)
-CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(label.category for label in LABELS))
-
-# IntRA-KD road_npy2img `new_list`: train id t -> id; only the first 37 entries are reachable.
-INTRAKD_TRAINID_TO_ID: np.ndarray = np.array(
-    [label.id for label in LABELS[:NUM_INTRAKD_CLASSES]], dtype=np.uint8
-)
-# Names of the 37 IntRA-KD classes; 36 is noise (249) and ignored (255) merged.
-INTRAKD_CLASS_NAMES: tuple[str, ...] = tuple(
-    label.name for label in LABELS[: NUM_INTRAKD_CLASSES - 1]
-) + ("noise_ignored",)
-# Overlay colours (R, G, B) of the 37 train ids; 36 takes the noise colour.
-INTRAKD_TRAINID_COLORS: np.ndarray = np.array(
-    [label.color for label in LABELS[:NUM_INTRAKD_CLASSES]], dtype=np.uint8
-)
-
-
-def _id_lut(field: str) -> np.ndarray:
-    lut = np.full(NUM_IDS, IGNORE_LABEL, dtype=np.uint8)
-    for label in LABELS:
-        lut[label.id] = getattr(label, field)
-    return lut
-
-
-# id -> train id lookup tables (256 entries; ids outside the table map to 255).
-ID_TO_TRAINID: np.ndarray = _id_lut("train_id")
-ID_TO_INTRAKD_TRAINID: np.ndarray = _id_lut("intrakd_train_id")
-_KNOWN_ID = np.zeros(NUM_IDS, dtype=bool)
-_KNOWN_ID[[label.id for label in LABELS]] = True
-_IGNORED_ID = np.zeros(NUM_IDS, dtype=bool)
-_IGNORED_ID[[label.id for label in LABELS if label.ignore_in_eval]] = True
+# The class table and its lookup tables live in data_pipelines (one table in the project); they
+# are re-exported here under their historical names.
+ApolloLabel = classes.ApolloLabel
+LABELS = classes.LABELS
+ID_TO_LABEL = classes.ID_TO_LABEL
+NAME_TO_LABEL = classes.NAME_TO_LABEL
+VOID_ID = classes.VOID_ID
+NUM_IDS = classes.NUM_IDS
+NUM_INTRAKD_CLASSES = classes.NUM_INTRAKD_CLASSES
+IGNORE_LABEL = classes.IGNORE_LABEL
+EVAL_IDS = classes.EVAL_IDS
+CATEGORIES = classes.CATEGORIES
+INTRAKD_TRAINID_TO_ID = classes.INTRAKD_TRAINID_TO_ID
+INTRAKD_CLASS_NAMES = classes.INTRAKD_CLASS_NAMES
+INTRAKD_TRAINID_COLORS = classes.INTRAKD_TRAINID_COLORS
+ID_TO_TRAINID = classes.ID_TO_TRAINID
+ID_TO_INTRAKD_TRAINID = classes.ID_TO_INTRAKD_TRAINID
+_KNOWN_ID = classes.KNOWN_ID_MASK
+_IGNORED_ID = classes.IGNORED_ID_MASK
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,8 +303,8 @@ def internal_miou_from_confusion(conf: np.ndarray) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # Submission.
 
-FULL_HW = (2710, 3384)  # official image (height, width)
-CROP_TOP = 1700  # IntRA-KD keeps rows 1700..2709
+FULL_HW = classes.IMAGE_HW  # official image (height, width)
+CROP_TOP = classes.CROP_TOP  # IntRA-KD keeps rows 1700..2709
 
 
 def trainid_to_id(pred_trainids: np.ndarray) -> np.ndarray:
