@@ -45,6 +45,10 @@ def _data_config() -> ml_collections.ConfigDict:
         }
     )
     d.shuffle = True
+    d.skip_corrupt = False  # True: skip (train) / mask (eval) unreadable samples, counted in logs
+    d.source = "files"  # files | tfds (a copy prepared by data_pipelines/tfds_builders.py)
+    d.tfds_data_dir = config_dict.placeholder(str)  # source=tfds: TFDS data_dir; None = default
+    d.tfds_name = config_dict.placeholder(str)  # source=tfds: None = llamas/<label_type>
     d.num_parallel_calls = -1  # tf.data.AUTOTUNE
     d.prefetch = 2
     d.max_examples = ml_collections.ConfigDict(

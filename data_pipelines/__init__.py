@@ -14,6 +14,8 @@ from data_pipelines.errors import DataConfigError, DataError, DatasetLayoutError
 # name -> "module:class"; readers are imported lazily so `import data_pipelines` stays cheap.
 _READERS = {
     "llamas": "data_pipelines.llamas:LlamasDataset",
+    "culane": "data_pipelines.culane:CulaneDataset",
+    "apolloscape": "data_pipelines.apolloscape:ApolloscapeDataset",
 }
 
 __all__ = [

@@ -409,7 +409,7 @@ def test_missing_or_wrong_data_dir_errors(tmp_path):
 
 
 def test_config_errors(data_dir):
-    with pytest.raises(ValueError, match=r"known datasets: \['llamas'\]"):
+    with pytest.raises(ValueError, match=r"known datasets: \['apolloscape', 'culane', 'llamas'\]"):
         data_pipelines.get_dataset(make_config(data_dir, name="kitti"))
     with pytest.raises(DataConfigError, match="class_weights has 4 entries.*5 classes"):
         data_pipelines.get_dataset(make_config(data_dir, class_weights=(1.0, 1.0, 1.0, 1.0)))

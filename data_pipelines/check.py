@@ -1,0 +1,506 @@
+"""Data check: walk every example of a dataset and list every problem with its file (and line).
+
+``check_dataset(dataset)`` collects, per split:
+
+* the reader's list/layout problems (``dataset.list_problems(split)``: malformed list lines with
+  file and line, files the lists reference that do not exist);
+* missing image/label files of the examples;
+* images and labels that do not decode fully (truncated or garbage files: decoded with Pillow,
+  which rejects truncated JPEGs that ``cv2.imread`` silently returns half-grey);
+* label values outside the class table (``dataset.check_label(path)``);
+* image/label size mismatches;
+* for LLAMAS, json label files that do not parse (with the line of the syntax error) or lack
+  fields (``llamas.read_json``'s validation).
+
+Files are read by a thread pool (decoding releases the GIL); progress and ETA are logged. The
+returned ``CheckReport`` prints every problem (``format()``) and a per-split, per-kind summary.
+``python main.py --config=... --config.mode=check_data`` runs it and exits non-zero when the
+report is not clean.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+
+from PIL import Image
+
+from data_pipelines.errors import DataError, LabelFormatError
+from data_pipelines.pipeline import ProgressLogger, format_seconds
+
+# kind -> what it means (the report's legend).
+KINDS: dict[str, str] = {
+    "missing_file": "a file the lists or the folder layout reference does not exist",
+    "unreadable_image": "an image or label file that does not decode fully",
+    "label_value": "label values outside the class table",
+    "size_mismatch": "an image and its label differ in size",
+    "malformed_line": "a list line (or json text) that does not parse",
+    "malformed_label": "a label annotation that parses but lacks or mistypes fields",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One problem of a dataset.
+
+    Attributes:
+        kind: one of ``KINDS``.
+        path: the file at fault (for a missing file: the path that was expected).
+        line: 1-based line number in ``path`` where applicable, else None.
+        message: what is wrong and what was expected.
+    """
+
+    kind: str
+    path: str
+    line: int | None
+    message: str
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Problem.kind must be one of {list(KINDS)}, got {self.kind!r}")
+
+    def format(self) -> str:
+        """``path:line: [kind] message`` (no ``:line`` when there is none)."""
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        return f"{where}: [{self.kind}] {self.message}"
+
+
+@dataclasses.dataclass
+class CheckReport:
+    """What ``check_dataset`` found.
+
+    Attributes:
+        dataset: dataset name.
+        problems: split -> problems, in discovery order (list problems first).
+        num_examples: split -> examples whose files were checked.
+        num_files: image and label files decoded in all.
+        seconds: wall time of the check.
+    """
+
+    dataset: str
+    problems: dict[str, list[Problem]]
+    num_examples: dict[str, int]
+    num_files: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no split has a problem."""
+        return not any(self.problems.values())
+
+    @property
+    def num_problems(self) -> int:
+        """Problems over all splits."""
+        return sum(len(p) for p in self.problems.values())
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Problem counts as split -> kind -> n (every kind present, zeros included)."""
+        out = {}
+        for split, problems in self.problems.items():
+            c = collections.Counter(p.kind for p in problems)
+            out[split] = {kind: c.get(kind, 0) for kind in KINDS}
+        return out
+
+    def images_per_second(self) -> float:
+        """Examples checked per second."""
+        return sum(self.num_examples.values()) / max(self.seconds, 1e-9)
+
+    def summary(self) -> str:
+        """A per-split table of problem counts by kind, and the verdict."""
+        counts = self.counts()
+        header = ["split", "examples", *KINDS, "total"]
+        rows = [
+            [split, str(self.num_examples.get(split, 0)), *map(str, c.values()),
+             str(sum(c.values()))]
+            for split, c in counts.items()
+        ]  # fmt: skip
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+        lines += [
+            "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
+        n_ex = sum(self.num_examples.values())
+        verdict = (
+            "OK: no problems found"
+            if self.ok
+            else f"FAILED: {self.num_problems} problem(s) in {self.dataset}"
+        )
+        lines.append(
+            f"{verdict} ({n_ex} examples, {self.num_files} files in "
+            f"{format_seconds(self.seconds)}, {self.images_per_second():.1f} examples/s)"
+        )
+        return "\n".join(lines)
+
+    def format(self) -> str:
+        """Every problem, one per line grouped by split, then the summary."""
+        lines = [f"Data check of {self.dataset}"]
+        for split, problems in self.problems.items():
+            if problems:
+                lines.append(f"\n{split}: {len(problems)} problem(s)")
+                lines += [f"  {p.format()}" for p in problems]
+        lines.append("")
+        lines.append(self.summary())
+        if not self.ok:
+            used = {p.kind for ps in self.problems.values() for p in ps}
+            lines.append("Kinds: " + "; ".join(f"{k}: {KINDS[k]}" for k in KINDS if k in used))
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable form (problems as dicts)."""
+        return {
+            "dataset": self.dataset,
+            "ok": self.ok,
+            "num_examples": self.num_examples,
+            "num_files": self.num_files,
+            "seconds": self.seconds,
+            "counts": self.counts(),
+            "problems": {s: [dataclasses.asdict(p) for p in ps] for s, ps in self.problems.items()},
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-example checks.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """One example to check: its files and how to check its label.
+
+    ``check_label(path) -> ((h, w) or None, problems)``; ``expected_hw``, when set, is the size the
+    image must have (LLAMAS labels are rendered at the split's size, so a different image
+    mismatches its label).
+    """
+
+    image_path: str
+    label_path: str | None
+    check_label: Callable[[str], tuple[tuple[int, int] | None, list[Problem]]] | None
+    expected_hw: tuple[int, int] | None = None
+
+
+def decode_image_fully(path: str) -> tuple[int, int]:
+    """Decodes every pixel of an image file and returns its (height, width).
+
+    Raises:
+        OSError: missing, truncated or not an image (``PIL.UnidentifiedImageError`` included).
+    """
+    with Image.open(path) as im:
+        im.load()  # truncated JPEG/PNG data raises here ("image file is truncated")
+        return im.height, im.width
+
+
+def _error_text(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def _check_entry(entry: _Entry) -> tuple[list[Problem], int]:
+    """The problems of one example and the number of files decoded."""
+    problems: list[Problem] = []
+    decoded = 0
+    image_hw = None
+    if not os.path.isfile(entry.image_path):
+        problems.append(Problem("missing_file", entry.image_path, None, "image file is missing"))
+    else:
+        try:
+            image_hw = decode_image_fully(entry.image_path)
+            decoded += 1
+        except Exception as e:  # noqa: BLE001 -- any decoder failure is this file's problem
+            problems.append(
+                Problem("unreadable_image", entry.image_path, None, f"cannot decode image: "
+                        f"{_error_text(e)}")
+            )  # fmt: skip
+    if entry.expected_hw is not None and image_hw is not None and image_hw != entry.expected_hw:
+        problems.append(
+            Problem(
+                "size_mismatch",
+                entry.image_path,
+                None,
+                f"image is {image_hw[1]}x{image_hw[0]} (WxH) but its label is rendered at "
+                f"{entry.expected_hw[1]}x{entry.expected_hw[0]} (the split's first image)",
+            )
+        )
+    if entry.label_path is None or entry.check_label is None:
+        return problems, decoded
+    if not os.path.isfile(entry.label_path):
+        problems.append(Problem("missing_file", entry.label_path, None, "label file is missing"))
+        return problems, decoded
+    label_hw, label_problems = entry.check_label(entry.label_path)
+    problems += label_problems
+    if label_hw is not None:
+        decoded += 1
+        if image_hw is not None and label_hw != image_hw:
+            problems.append(
+                Problem(
+                    "size_mismatch",
+                    entry.label_path,
+                    None,
+                    f"label is {label_hw[1]}x{label_hw[0]} (WxH) but its image "
+                    f"{entry.image_path} is {image_hw[1]}x{image_hw[0]}",
+                )
+            )
+    return problems, decoded
+
+
+def _reader_label_checker(dataset) -> Callable[[str], tuple[tuple[int, int] | None, list]]:
+    """Wraps ``dataset.check_label`` into Problems (unreadable files included)."""
+
+    def check(path: str):
+        try:
+            hw, messages = dataset.check_label(path)
+        except Exception as e:  # noqa: BLE001 -- any decoder failure is this file's problem
+            return None, [
+                Problem("unreadable_image", path, None, f"cannot decode label: {_error_text(e)}")
+            ]
+        return tuple(hw), [Problem("label_value", path, None, m) for m in messages]
+
+    return check
+
+
+# ----------------------------------------------------------------------------------------------
+# What to check per split.
+
+
+def _culane_examples(dataset, split: str) -> list:
+    """CULane: every well-formed list entry whose files exist (the rest are list problems)."""
+    from data_pipelines import culane, pipeline
+
+    fmt = culane.LIST_FILES[split][1]
+    entries, _ = culane.parse_list(
+        dataset.list_path(split),
+        fmt,
+        data_dir=dataset.data_dir,
+        root_rewrite=dataset.root_rewrite,
+        strict=False,
+    )
+    out = []
+    for e in entries:
+        image = os.path.join(dataset.data_dir, e.image)
+        if e.label is not None:
+            label = os.path.join(dataset.data_dir, e.label)
+        else:  # image-only lists: the labels the reader derives, where they exist
+            label = os.path.join(dataset.data_dir, culane.LABEL_DIR, e.key + ".png")
+            label = label if os.path.isfile(label) else None
+        if os.path.isfile(image) and (label is None or os.path.isfile(label)):
+            out.append(pipeline.Example(e.key, image, label))
+    return out
+
+
+def _apolloscape_examples(dataset, split: str) -> list:
+    """ApolloScape: the entries its lenient list/layout reading keeps (files exist)."""
+    from data_pipelines import pipeline
+
+    entries, _ = dataset._read_split(split)
+    return [
+        pipeline.Example(e.key, e.image_path, None if split == "test" else e.label_path)
+        for e in entries
+    ]
+
+
+# Readers whose ``examples`` raise at the first list problem: how to list the well-formed rest.
+# A reader can instead provide ``check_examples(split)``.
+_LENIENT_EXAMPLES = {"culane": _culane_examples, "apolloscape": _apolloscape_examples}
+
+
+def _generic_plan(dataset, split: str) -> tuple[list[Problem], list[_Entry]]:
+    """List problems from the reader, then every example it can list."""
+    problems = list(dataset.list_problems(split))
+    lenient = getattr(dataset, "check_examples", None)
+    if not callable(lenient):
+        lenient = _LENIENT_EXAMPLES.get(dataset.info.name)
+        lenient = None if lenient is None else functools.partial(lenient, dataset)
+    try:
+        examples = lenient(split) if lenient is not None else dataset.examples(split)
+    except DataError as e:
+        if not problems:  # a strict listing failed on something list_problems did not report
+            problems.append(_problem_from_error(e))
+        examples = []
+    checker = _reader_label_checker(dataset)
+    entries = [
+        _Entry(e.image_path, e.label_path, checker if e.label_path is not None else None)
+        for e in examples
+    ]
+    return problems, entries
+
+
+def _problem_from_error(e: DataError) -> Problem:
+    text = _error_text(e)
+    m = re.match(r"^(?P<path>[^:\s][^:]*):(?P<line>\d+):\s*(?P<msg>.*)$", text)
+    if m:
+        return Problem("malformed_line", m["path"], int(m["line"]), m["msg"])
+    if isinstance(e, LabelFormatError):
+        return Problem("malformed_label", text.split(":", 1)[0], None, text)
+    return Problem("missing_file", "", None, text)
+
+
+def _is_llamas(dataset) -> bool:
+    from data_pipelines import llamas
+
+    return isinstance(dataset, llamas.LlamasDataset)
+
+
+def _llamas_label_checker(min_lane_height: int):
+    from data_pipelines import llamas
+
+    def check(path: str):
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except json.JSONDecodeError as e:
+            return None, [Problem("malformed_line", path, e.lineno, f"invalid json: {e.msg}")]
+        except (OSError, UnicodeDecodeError) as e:
+            return None, [Problem("unreadable_image", path, None, f"cannot read: {e}")]
+        try:
+            llamas.clean_label(raw, min_lane_height=min_lane_height, source=path)
+        except LabelFormatError as e:
+            message = str(e)
+            if message.startswith(path + ": "):
+                message = message[len(path) + 2 :]
+            return None, [Problem("malformed_label", path, None, message)]
+        return None, []  # rendered labels take the split's size and only table values
+
+    return check
+
+
+def _list_files(root: str, suffix: str) -> dict[str, str]:
+    out = {}
+    if not os.path.isdir(root):
+        return out
+    for rec in sorted(os.listdir(root)):
+        rec_dir = os.path.join(root, rec)
+        if os.path.isdir(rec_dir):
+            for name in sorted(os.listdir(rec_dir)):
+                if name.endswith(suffix):
+                    out[f"{rec}/{name[: -len(suffix)]}"] = os.path.join(rec_dir, name)
+    return out
+
+
+def llamas_plan(dataset, split: str) -> tuple[list[Problem], list[_Entry]]:
+    """LLAMAS: pairs color images and json labels leniently (every mismatch is a problem).
+
+    Args:
+        dataset: a ``LlamasDataset`` (its synthetic data are generated first if configured).
+        split: ``train``, ``valid`` or ``test``.
+
+    Returns:
+        ``(problems, entries)`` of the split (all files, ``max_examples`` ignored).
+    """
+    from data_pipelines import llamas
+
+    ensure = getattr(dataset, "_ensure_generated", None)
+    if callable(ensure):
+        ensure()
+    root = dataset.data_dir
+    image_root = os.path.join(root, "color_images", split)
+    label_root = os.path.join(root, "labels", split)
+    problems: list[Problem] = []
+    if not os.path.isdir(image_root):
+        problems.append(
+            Problem("missing_file", image_root, None, f"LLAMAS {split} image folder is missing")
+        )
+    images = _list_files(image_root, llamas.COLOR_SUFFIX)
+    has_labels = os.path.isdir(label_root)
+    if not has_labels and split != "test":
+        problems.append(
+            Problem("missing_file", label_root, None, f"LLAMAS {split} label folder is missing")
+        )
+    labels = _list_files(label_root, ".json")
+    for key in sorted(set(images) - set(labels) if has_labels else ()):
+        rec, ts = key.split("/")
+        problems.append(
+            Problem(
+                "missing_file",
+                os.path.join(label_root, rec, ts + ".json"),
+                None,
+                f"label of image {images[key]} is missing",
+            )
+        )
+    for key in sorted(set(labels) - set(images)):
+        rec, ts = key.split("/")
+        problems.append(
+            Problem(
+                "missing_file",
+                os.path.join(image_root, rec, ts + llamas.COLOR_SUFFIX),
+                None,
+                f"image of label {labels[key]} is missing",
+            )
+        )
+    keys = sorted(k for k in images if (k in labels) or not has_labels)
+    expected_hw = None
+    if keys and has_labels:
+        try:  # the reader renders every label of a split at its first image's size
+            with Image.open(images[keys[0]]) as im:
+                expected_hw = (im.height, im.width)
+        except OSError:
+            expected_hw = None
+    checker = _llamas_label_checker(int(getattr(dataset, "_min_lane_height", 20)))
+    entries = [
+        _Entry(images[k], labels.get(k), checker if k in labels else None, expected_hw)
+        for k in keys
+    ]
+    return problems, entries
+
+
+def _dedupe(problems: Sequence[Problem]) -> list[Problem]:
+    seen, out = set(), []
+    for p in problems:
+        ident = (p.kind, p.path, p.line)
+        if ident not in seen:
+            seen.add(ident)
+            out.append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The check.
+
+
+def check_dataset(
+    dataset,
+    splits: Sequence[str] | None = None,
+    num_workers: int | None = None,
+    progress_every_s: float = 10.0,
+) -> CheckReport:
+    """Walks every example of every split and lists every problem (see the module docstring).
+
+    Args:
+        dataset: a ``SegmentationDataset`` reader (files source; caps like ``max_examples`` of
+            the LLAMAS reader are ignored, generic readers are checked as they list).
+        splits: splits to check; default all of ``dataset.SPLITS``.
+        num_workers: reading threads (default: 2 per CPU, at most 16).
+        progress_every_s: seconds between progress lines.
+
+    Returns:
+        The report; ``report.ok`` is False when anything is wrong.
+
+    Raises:
+        ValueError: an unknown split.
+    """
+    splits = tuple(splits) if splits else tuple(dataset.SPLITS)
+    for split in splits:
+        if split not in dataset.SPLITS:
+            raise ValueError(f"unknown split {split!r}; known splits: {list(dataset.SPLITS)}")
+    workers = num_workers or min(16, 2 * (os.cpu_count() or 1))
+    name = dataset.info.name
+    start = time.monotonic()
+    report = CheckReport(dataset=name, problems={}, num_examples={})
+    plan = llamas_plan if _is_llamas(dataset) else _generic_plan
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for split in splits:
+            problems, entries = plan(dataset, split)
+            progress = ProgressLogger(f"check {name} {split}", len(entries), progress_every_s)
+            for found, decoded in pool.map(_check_entry, entries):
+                problems += found
+                report.num_files += decoded
+                progress.update()
+            progress.finish()
+            report.problems[split] = _dedupe(problems)
+            report.num_examples[split] = len(entries)
+    report.seconds = time.monotonic() - start
+    return report
