@@ -13,6 +13,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     # What to run: teacher | student | distill | evaluate | pipeline (teacher -> baseline student ->
     # distilled student -> comparison table). Stages write to <workdir>/<stage>/.
+    # check_data: list every missing/unreadable file, bad label and list line; exit 1 if any.
     c.mode = "pipeline"
     c.seed = 0
     c.batch_size = 8  # global, over all devices and hosts (official recipe: 8)
@@ -87,6 +88,18 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.split = config_dict.placeholder(str)  # None = config.data.eval_split
     c.eval.max_batches = config_dict.placeholder(int)  # None = the whole split
-    c.checkpoint = config_dict.placeholder(str)  # mode=evaluate: what to evaluate
+    # The batch evaluation job (mode=evaluate; see intrakd_jax/batch_eval.py).
+    c.eval.write_predictions = True  # official submission files (probability PNGs, .lines.txt, ids)
+    c.eval.num_overlays = 16  # overlay images written per checkpoint; -1 = every image
+    c.eval.tta = "none"  # none | official (ApolloScape multi-scale + corner crops)
+    c.eval.tta_test_size = (
+        1440  # official crop width at the official scale (ERFNet 1440, PSPNet 1410)
+    )
+    c.eval.exist_min_fraction = 0.0005  # a lane slot exists when this share of pixels predicts it
+    c.eval.include_void = True  # ApolloScape official mIoU averages void too (public script)
+    c.eval.workers = config_dict.placeholder(int)  # CULane evaluator processes; None = all cores
+    # mode=evaluate: what to evaluate: a stage dir, its best/ or checkpoints/, or a step folder;
+    # several separated by commas.
+    c.checkpoint = config_dict.placeholder(str)
 
     return c

@@ -8,6 +8,7 @@ call it. ``config.mode`` picks what runs:
   distill   student + frozen teacher: CE + lambda * IntRA-KD   -> <workdir>/distill/
   evaluate  evaluate config.checkpoint on config.eval.split    -> <workdir>/evaluate/
   pipeline  teacher, student, distill, then a comparison table -> <workdir>/comparison.{md,json}
+  check_data  check every file of the dataset; exit 1 if any problem -> <workdir>/data_check.*
 
 Every training stage resumes automatically from its newest checkpoint; a finished stage is not
 trained again. The data position is the step: the input pipeline is a pure function of
@@ -32,13 +33,13 @@ from clu import metric_writers, periodic_actions
 
 import data_pipelines
 from data_pipelines.pipeline import ProgressLogger, format_seconds
-from intrakd_jax import checkpointing, models, optim, parallel, steps
+from intrakd_jax import batch_eval, checkpointing, models, optim, parallel, steps
 from intrakd_jax.evaluation import report, visualize
 from intrakd_jax.evaluation.llamas import PixelAPAccumulator
 from intrakd_jax.evaluation.segmentation import iou_from_confusion
 
 STAGES = ("teacher", "student", "distill")
-MODES = (*STAGES, "evaluate", "pipeline")
+MODES = (*STAGES, "evaluate", "pipeline", "check_data")
 
 
 class ConfigError(ValueError):
@@ -390,7 +391,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, dat
     t_start = time.time()
     t_log = t_start
     step_at_log = start_step
-    batches: Iterator = dataset.train_batches(
+    batches: Iterator = _training_data(config, stage, dataset).train_batches(
         local_bs,
         seed=config.seed,
         start_step=start_step,
@@ -408,6 +409,8 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, dat
                 host = jax.device_get(pending)
                 pending = []
                 scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+                if getattr(batches, "num_skipped", 0):  # config.data.skip_corrupt
+                    scalars["skipped_corrupt"] = float(batches.num_skipped)
                 if not np.isfinite(scalars["loss"]):
                     raise FloatingPointError(
                         f"[{stage}] loss is {scalars['loss']} at step {step}; "
@@ -518,6 +521,20 @@ def _write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _training_data(config: ml_collections.ConfigDict, stage: str, dataset):
+    """The teacher may train on its own crop (ApolloScape: PSPNet 460x1380, ERFNet 496x1488).
+
+    ``config.data.teacher_image_hw`` (when set) replaces ``image_hw`` for the teacher's
+    training batches only; evaluation and the distill stage keep ``image_hw``.
+    """
+    hw = config.data.get("teacher_image_hw")
+    if stage != "teacher" or not hw or tuple(hw) == tuple(dataset.info.image_hw):
+        return dataset
+    data_config = ml_collections.ConfigDict(config.data.to_dict())
+    data_config.image_hw = tuple(hw)
+    return data_pipelines.get_dataset(data_config)
+
+
 def _prepared_dataset(config: ml_collections.ConfigDict):
     dataset = data_pipelines.get_dataset(config.data)
     dataset.prepare()
@@ -530,32 +547,47 @@ def _prepared_dataset(config: ml_collections.ConfigDict):
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Evaluates ``config.checkpoint`` on ``config.eval.split``; the checkpoint names its model."""
-    if not config.checkpoint:
-        raise ConfigError(
-            "mode=evaluate needs --config.checkpoint=<stage dir, e.g. runs/demo/distill>"
-        )
+    """The batch evaluation job over one or several checkpoints (see ``intrakd_jax.batch_eval``).
+
+    Returns:
+      ``{run name: metrics}``, one entry per checkpoint of ``config.checkpoint``.
+    """
+    try:
+        paths = batch_eval.checkpoint_paths(config.checkpoint)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     dataset = _prepared_dataset(config)
     info = dataset.info
-    mesh = parallel.make_data_mesh(config.num_devices)
-    _, step, meta = checkpointing.read_meta(config.checkpoint)
-    model = build_model(
-        meta["model"], meta.get("model_kwargs", {}), info.num_classes, _dtype(config), False
-    )
-    abstract = _abstract_variables(model, info.image_hw, mesh)
-    variables, _ = checkpointing.load_variables(config.checkpoint, abstract, "config.checkpoint")
     split = config.eval.split or config.data.eval_split
-    metrics = evaluate_variables(
-        model, variables, dataset, split, mesh, config.eval_batch_size, config.eval.max_batches
-    )
-    metrics.update(checkpoint=os.path.abspath(config.checkpoint), step=step, model=meta["model"])
-    out = os.path.join(workdir, "evaluate")
-    os.makedirs(out, exist_ok=True)
-    report.write_report(
-        out, f"report_{split}", metrics, {"per-class": _metrics_table(metrics, info.class_names)}
-    )
-    print(_metrics_table(metrics, info.class_names))
-    return metrics
+    mesh = parallel.make_data_mesh(config.num_devices)
+    results = {}
+    for path in paths:
+        _, step, meta = checkpointing.read_meta(path)
+        model = build_model(
+            meta["model"], meta.get("model_kwargs", {}), info.num_classes, _dtype(config), False
+        )
+        abstract = _abstract_variables(model, info.image_hw, mesh)
+        variables, _ = checkpointing.load_variables(path, abstract, "config.checkpoint")
+        name = batch_eval.run_name(path, step)
+        if name in results:  # the same stage of two workdirs
+            name = f"{name}_{len(results)}"
+        out_dir = os.path.join(workdir, batch_eval.EVAL_DIR, name, split)
+        metrics = batch_eval.evaluate_one(config, dataset, split, model, variables, mesh, out_dir)
+        metrics.update(checkpoint=os.path.abspath(path), step=step, model=meta["model"])
+        results[name] = metrics
+        if jax.process_index() == 0:
+            with open(os.path.join(out_dir, "report.md")) as f:
+                print(f"\n{name} on {info.name} {split} ({out_dir}):\n\n{f.read()}")
+    if len(results) > 1:
+        table = batch_eval.summary_table(results)
+        report.write_report(
+            os.path.join(workdir, batch_eval.EVAL_DIR),
+            f"summary_{split}",
+            results,
+            {"summary": table},
+        )
+        print(f"\n{table}")
+    return results
 
 
 def comparison_table(results: dict[str, dict], class_names) -> str:
@@ -575,7 +607,8 @@ def comparison_table(results: dict[str, dict], class_names) -> str:
         }
         if "map" in m:
             row["lane mAP"] = m["map"]
-        for name in class_names[1:]:
+        # Per-class columns only while the table stays readable (ApolloScape has 37 classes).
+        for name in class_names[1:] if len(class_names) <= 8 else ():
             row[f"IoU {name}"] = m["iou_by_class"][name]
         row["train (s)"] = m.get("train_seconds", float("nan"))
         rows.append(row)
@@ -603,6 +636,32 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, d
     return results
 
 
+def check_data(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """mode=check_data: lists every problem of the dataset's files (see data_pipelines.check).
+
+    Prints the report and writes ``<workdir>/data_check.{txt,json}``.
+
+    Raises:
+      data_pipelines.DataError: the check found problems (main.py then exits with status 1).
+    """
+    from data_pipelines import check
+
+    result = check.check_dataset(data_pipelines.get_dataset(config.data))
+    text = result.format()
+    print(text)
+    out = os.path.join(workdir, "data_check.txt")
+    if jax.process_index() == 0:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+        _write_json(os.path.join(workdir, "data_check.json"), result.to_json())
+    if not result.ok:
+        raise data_pipelines.DataError(
+            f"data check found {result.num_problems} problem(s) in {result.dataset}; "
+            f"the list is above and in {out}"
+        )
+    return result.to_json()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs what ``config.mode`` asks for in ``workdir`` and returns its metrics."""
     if config.mode not in MODES:
@@ -612,6 +671,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, f"config_{config.mode}.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
+    if config.mode == "check_data":
+        return check_data(config, workdir)
     if config.mode == "pipeline":
         return run_pipeline(config, workdir)
     if config.mode == "evaluate":
