@@ -196,13 +196,13 @@ def evaluate_one(
 
     metrics = iou_from_confusion(conf)
     metrics["iou_by_class"] = dict(zip(info.class_names, metrics["iou"], strict=True))
-    tables = {
-        "mIoU at network resolution": report.markdown_table(
+    tables = {}
+    if conf.sum():  # an unlabelled split (a test set) has no pixels to score here
+        tables["mIoU at network resolution"] = report.markdown_table(
             [{"class": n, "IoU": v} for n, v in metrics["iou_by_class"].items()]
             + [{"class": "**mean**", "IoU": metrics["miou"]}],
             ["class", "IoU"],
         )
-    }
     if lead:
         official, official_tables = protocol.finish()
         metrics.update(official)

@@ -115,6 +115,30 @@ class Protocol(abc.ABC):
         counts = np.bincount(pred.ravel(), minlength=probs_hwk.shape[-1])[1:]
         return counts >= max(1.0, self.ctx.exist_min_fraction * pred.size)
 
+    def lane_rows(self, first_row: int, full_height: int) -> dict:
+        """prob2lines sampling: every 20 px of a full-size frame, scaled with the frame.
+
+        Returns ``num_points`` and ``row_step`` so that the rows run from the bottom up to
+        ``first_row`` (the crop line, or the benchmark's first evaluated row), at most 18 points
+        as in the official script.
+        """
+        height, map_height = self.ctx.source_hw[0], self.ctx.network_hw[0]
+        step = max(1, round(prob2lines.ROW_STEP * height / full_height))
+        span = height - max(first_row, self.ctx.crop_top)
+        # The highest sample must still land on map row >= 1 (1-based, as the official script).
+        span = min(span, (height - self.ctx.crop_top) * (1.0 - 1.0 / map_height))
+        points = int(span // step) + 1
+        return {"num_points": max(1, min(prob2lines.NUM_POINTS, points)), "row_step": step}
+
+    def canvas(self, full_width: int) -> dict:
+        """The lane metrics' canvas: the frame size and the 30 px lane width scaled with it."""
+        height, width = self.ctx.source_hw
+        return {
+            "width": max(1, round(30 * width / full_width)),
+            "im_width": width,
+            "im_height": height,
+        }
+
     def path(self, *parts: str) -> str:
         """A path inside the output folder (parents created)."""
         path = os.path.join(self.ctx.out_dir, *parts)
@@ -143,9 +167,8 @@ class LlamasProtocol(Protocol):
         self.ap = llamas.PixelAPAccumulator(len(names), names)
         self.labelled = 0
         self.label_jsons: list[str] = []
-        height = ctx.source_hw[0]
-        first_row = max(ctx.crop_top, llamas_lanes.MIN_ROW)
-        self.num_points = max(1, (height - first_row) // prob2lines.ROW_STEP)
+        scale = ctx.source_hw[0] / llamas_lanes.IMAGE_HW[0]
+        self.rows = self.lane_rows(round(llamas_lanes.MIN_ROW * scale), llamas_lanes.IMAGE_HW[0])
 
     def add(self, key, image_path, label_path, probs_hwk):
         """See ``Protocol.add``."""
@@ -165,7 +188,7 @@ class LlamasProtocol(Protocol):
             image_width=self.ctx.source_hw[1],
             image_height=self.ctx.source_hw[0],
             crop_top=self.ctx.crop_top,
-            num_points=self.num_points,
+            **self.rows,
         )
         prob2lines.write_lines_txt(self.path("lanes", key + ".lines.txt"), lanes)
         if label_path is not None:
@@ -189,6 +212,7 @@ class LlamasProtocol(Protocol):
             self.label_jsons,
             os.path.join(self.ctx.out_dir, "lanes"),
             image_hw=self.ctx.source_hw,
+            width=self.canvas(llamas_lanes.IMAGE_HW[1])["width"],
             num_workers=2,
         )
         metrics["lane_f1"] = lane
@@ -226,6 +250,7 @@ class CulaneProtocol(Protocol):
             image_width=self.ctx.source_hw[1],
             image_height=self.ctx.source_hw[0],
             crop_top=self.ctx.crop_top,
+            **self.lane_rows(0, prob2lines.CULANE_IMAGE_HEIGHT),
         )
         prob2lines.write_lines_txt(prob2lines.lines_txt_path(self.lines_dir, rel), lanes)
 
@@ -247,8 +272,9 @@ class CulaneProtocol(Protocol):
         )
         if not have_anno:
             return metrics, tables
+        canvas = self.canvas(prob2lines.CULANE_IMAGE_WIDTH)
         total = culane.evaluate(
-            self.ctx.data_dir, self.lines_dir, list_file, workers=self.ctx.workers
+            self.ctx.data_dir, self.lines_dir, list_file, workers=self.ctx.workers, **canvas
         )
         metrics["culane_f1"] = total
         keys = ("tp", "fp", "fn", "precision", "recall", "f1")
@@ -260,7 +286,7 @@ class CulaneProtocol(Protocol):
             for i in range(len(culane.CATEGORIES))
         ):
             per_cat = culane.evaluate_categories(
-                self.ctx.data_dir, self.lines_dir, split_dir, workers=self.ctx.workers
+                self.ctx.data_dir, self.lines_dir, split_dir, workers=self.ctx.workers, **canvas
             )
             metrics["culane_categories"] = per_cat
             tables["official CULane F1 per category"] = culane.category_table(per_cat)
@@ -281,28 +307,37 @@ _ROAD_RE = re.compile(r"(road\d+)")
 
 
 def scaled_tta_geometry(
-    network_hw: Sequence[int], test_size: int
+    network_hw: Sequence[int], test_size: int, multiple: int = 8
 ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """Official TTA scales and crop, scaled from the official 505 x 1692 training scale.
 
     The official scripts train at scale 0.5 (505 x 1692 for the 1010-row crop) with random
     crops of (test_size // 3) x test_size; a model trained at another input size gets the same
-    geometry in proportion: scales x (network width / 1488), crop x the same factor.
+    geometry in proportion: scales x (network width / 1488), crop x the same factor. The crop
+    is then moved to the nearest multiple of ``multiple`` (the networks' output stride) that
+    still lets four corner crops cover every scale.
+
+    Raises:
+      ValueError: no such crop exists (a network input too small for this TTA).
     """
     factor = network_hw[1] / 1488.0
     scales = [
         (max(1, round(h * factor)), max(1, round(w * factor)))
         for h, w in tta_lib.OFFICIAL_SCALES_HW
     ]
-    ch, cw = tta_lib.official_crop_hw(test_size)
-    crop = (max(1, round(ch * factor)), max(1, round(cw * factor)))
-    # Rounding may leave a crop a pixel short of half a scale; the four corners must cover it.
-    crop = (
-        max(crop[0], *((h + 1) // 2 for h, _ in scales)),
-        max(crop[1], *((w + 1) // 2 for _, w in scales)),
-    )
-    crop = (min(crop[0], *(h for h, _ in scales)), min(crop[1], *(w for _, w in scales)))
-    return scales, crop
+    crop = []
+    for axis, size in enumerate(tta_lib.official_crop_hw(test_size)):
+        want = size * factor
+        low = max((s[axis] + 1) // 2 for s in scales)  # four corners must cover each scale
+        high = min(s[axis] for s in scales)
+        fits = [c for c in range(multiple, high + 1, multiple) if c >= low]
+        if not fits:
+            raise ValueError(
+                f"test-time augmentation: no crop multiple of {multiple} between {low} and "
+                f"{high} pixels for scales {scales} (network input {tuple(network_hw)})"
+            )
+        crop.append(min(fits, key=lambda c: abs(c - want)))
+    return scales, (crop[0], crop[1])
 
 
 class ApolloscapeProtocol(Protocol):
