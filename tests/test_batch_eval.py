@@ -151,3 +151,79 @@ def test_culane_protocol_writes_lines_and_scores_a_matching_lane(tmp_path):
     result = metrics["culane_f1"]
     assert (result["tp"], result["fp"], result["fn"]) == (1, 0, 0)
     assert "official CULane F1" in tables
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole job on the CULane and ApolloScape smoke twins, with an untrained (random) student
+# checkpoint: this checks the plumbing (files, formats, sizes), not the scores.
+
+
+def _random_checkpoint(config, stage_dir):
+    import jax
+
+    from intrakd_jax import checkpointing, optim, parallel, steps, train
+
+    num_classes = len(config.data.class_weights)
+    model = train.build_model(
+        config.student.model, config.student.model_kwargs, num_classes, np.float32, False
+    )
+    hw = tuple(config.data.image_hw)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, *hw, 3))))
+    tx = optim.make_optimizer(params["params"], 0.01, 10)
+    state = steps.run_once(
+        lambda k: steps.create_train_state(model, tx, k, hw),
+        jax.random.key(0),
+        out_shardings=parallel.replicated(parallel.make_data_mesh(1)),
+    )
+    meta = {
+        "stage": "student",
+        "model": config.student.model,
+        "model_kwargs": train._jsonish(dict(config.student.model_kwargs)),
+    }
+    ckpts = checkpointing.StageCheckpoints(str(stage_dir))
+    ckpts.save(0, state, meta, force=True)
+    ckpts.wait()
+    ckpts.close()
+
+
+def _smoke(name, tmp_path, **overrides):
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}").get_config("smoke")
+    config.data.data_dir = str(tmp_path / "data")
+    config.update_from_flattened_dict({"mode": "evaluate", **overrides})
+    _random_checkpoint(config, tmp_path / "run" / "student")
+    config.checkpoint = str(tmp_path / "run" / "student")
+    return config
+
+
+def test_job_on_culane_test_split_writes_lines_and_the_category_table(tmp_path):
+    from intrakd_jax import train
+
+    config = _smoke("culane", tmp_path, **{"eval.split": "test", "eval.num_overlays": 2})
+    out = train.train_and_evaluate(config, str(tmp_path / "work"))
+    job = tmp_path / "work" / "evaluate" / "student_step0" / "test"
+    n_test = int(config.data.synthetic.num_test)
+    # One .lines.txt per test image, laid out like the dataset (driver/clip/frame).
+    assert len(list((job / "lines").rglob("*.lines.txt"))) == n_test
+    assert out["student_step0"]["num_images"] == n_test
+    assert len(list((job / "overlays").glob("*.png"))) == 2
+    report_md = (job / "report.md").read_text()
+    assert "official CULane F1 per category" in report_md and "| cross |" in report_md
+
+
+def test_job_on_apolloscape_test_split_with_tta_writes_the_submission(tmp_path):
+    from intrakd_jax import train
+
+    config = _smoke("apolloscape", tmp_path, **{"eval.split": "test", "eval.tta": "official"})
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+    job = tmp_path / "work" / "evaluate" / "student_step0" / "test"
+    pngs = sorted((job / "predictions").rglob("*.png"))
+    assert len(pngs) == config.data.synthetic.num_test
+    frame = cv2.imread(str(next(iter((tmp_path / "data").rglob("*.jpg")))))
+    ids = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
+    assert ids.shape == frame.shape[:2] and ids.dtype == np.uint8
+    assert set(np.unique(ids)) <= set(apolloscape.trainid_to_id(np.arange(37)).tolist())
+    with zipfile.ZipFile(job / "submission.zip") as z:
+        names = z.namelist()
+    assert len(names) == len(pngs) and all(n.startswith("test/road05/") for n in names)
