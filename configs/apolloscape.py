@@ -23,7 +23,6 @@ Variants (the text after ':'):
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from configs import default
 
@@ -32,9 +31,9 @@ CLASS_WEIGHTS = tuple(0.05 if k in (0, NUM_CLASSES - 1) else 1.0 for k in range(
 
 
 def _data_config() -> ml_collections.ConfigDict:
-    d = ml_collections.ConfigDict()
-    d.name = "apolloscape"
-    d.data_dir = config_dict.placeholder(str)  # root with ColorImage_roadXX/, Labels_roadXX/
+    # data_dir: the root with ColorImage_roadXX/ and Labels_roadXX/. skip_corrupt also skips
+    # (and logs) list entries with problems.
+    d = default.base_data_config("apolloscape")
     # auto: a split's list file when it exists, else a scan of the layout | lists | scan.
     d.split_source = "auto"
     d.list_files = ml_collections.ConfigDict(
@@ -44,16 +43,12 @@ def _data_config() -> ml_collections.ConfigDict:
     d.root_rewrite = ("/home/houyuenan/ApolloScapes/", "")
     d.scan_valid_records = ("road04/Record015", "road04/Record017")
     d.scan_test_roads = ("road05",)
-    d.train_split = "train"
-    d.eval_split = "valid"
     d.crop_top = 1700  # rows 1700..2709 kept (IntRA-KD)
     d.image_hw = (496, 1488)  # student crop (IntRA-KD ERFNet train_size 1488)
     # The teacher's crop (IntRA-KD PSPNet train_size 1380). The pipeline serves one image_hw;
     # a stage that trains the teacher can override image_hw with this value.
     d.teacher_image_hw = (460, 1380)
     d.class_weights = CLASS_WEIGHTS
-    d.mean_rgb = (123.68, 116.779, 103.939)  # the official BGR mean, in RGB order; std 1
-    d.std_rgb = (1.0, 1.0, 1.0)
     d.augment = ml_collections.ConfigDict(
         {
             "enabled": True,
@@ -65,81 +60,29 @@ def _data_config() -> ml_collections.ConfigDict:
             "brightness": 0.0,
         }
     )
-    d.shuffle = True
-    d.num_parallel_calls = -1  # tf.data.AUTOTUNE
-    d.prefetch = 2
-    d.skip_corrupt = False  # True: list entries / samples with problems are skipped and logged
-    d.source = "files"  # files | tfds (a copy prepared by data_pipelines/tfds_builders.py)
-    d.tfds_data_dir = config_dict.placeholder(str)  # source=tfds: TFDS data_dir; None = default
-    d.tfds_name = config_dict.placeholder(str)  # source=tfds: None = apolloscape
-    d.max_examples = ml_collections.ConfigDict(
-        {
-            "train": config_dict.placeholder(int),
-            "valid": config_dict.placeholder(int),
-            "test": config_dict.placeholder(int),
-        }
-    )
-    d.synthetic = ml_collections.ConfigDict(
-        {
-            "enabled": False,
-            "num_train": 32,
-            "num_valid": 8,
-            "num_test": 4,
-            "seed": 0,
-            "scale": 1.0,  # frame size factor: 1 = 3384 x 2710 (crop_top must be 1700 * scale)
-        }
-    )
+    # scale: frame size factor, 1 = 3384 x 2710 (crop_top must be 1700 * scale).
+    d.synthetic = default.synthetic_config(num_train=32, num_valid=8, num_test=4, scale=1.0)
     return d
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    c = default.get_base_config()
-    c.data = _data_config()
     # IntRA-KD: 24 epochs at batch 8 over ~103.7k training frames (~311k steps).
-    c.teacher.num_train_steps = 311_000
-    c.student.num_train_steps = 311_000
+    c = default.dataset_config(_data_config(), num_train_steps=311_000)
     c.teacher.model_kwargs.bins = (10, 20, 30, 60)  # PSPNet pooling at ApolloScape size
+    return default.apply_variant(c, variant, _synthetic, _smoke)
 
-    if variant in (None, ""):
-        return c
-    if variant == "synthetic":
-        # Sized like the LLAMAS demo (teacher + student + distill + evaluation on 2 CPU cores).
-        c.data.data_dir = "data/synthetic/apolloscape"
-        c.data.synthetic.update(enabled=True, num_train=160, num_valid=32, num_test=8, scale=0.2)
-        c.data.crop_top = 340  # 1700 * 0.2: the 202 x 677 crop, scaled by 0.5 to 101 x 338
-        c.data.image_hw = (96, 288)
-        c.data.teacher_image_hw = (96, 288)
-        c.batch_size = 4
-        c.eval_batch_size = 8
-        c.teacher.model_kwargs.update(depth=18, base_width=16, head_channels=64, bins=(1, 2, 3, 6))
-        c.teacher.num_train_steps = 500
-        c.teacher.learning_rate = 0.02
-        c.student.model_kwargs.update(channels=(16, 32, 64), stage2_dropout=0.1)
-        c.student.num_train_steps = 500
-        c.student.learning_rate = 0.2
-        c.optim.clip_grad_norm = 10.0
-        c.log_every_steps = 25
-        c.checkpoint_every_steps = 100
-        return c
-    if variant == "smoke":
-        c.data.data_dir = "data/synthetic/apolloscape_smoke"
-        c.data.synthetic.update(enabled=True, num_train=8, num_valid=4, num_test=2, scale=0.05)
-        c.data.crop_top = 85  # 1700 * 0.05: the 51 x 169 crop
-        c.data.image_hw = (32, 96)
-        c.data.teacher_image_hw = (32, 96)
-        c.data.augment.scale_range = (0.75, 0.75)  # 38 x 127, then the random 32 x 96 crop
-        c.batch_size = 4
-        c.eval_batch_size = 4
-        c.teacher.model_kwargs.update(depth=18, base_width=4, head_channels=8, bins=(1, 2))
-        c.teacher.num_train_steps = 3
-        c.student.model_kwargs.update(
-            channels=(4, 8, 16), num_stage1_blocks=1, num_stage2_repeats=1
-        )
-        c.student.num_train_steps = 3
-        c.log_every_steps = 1
-        c.checkpoint_every_steps = 1
-        return c
-    raise ValueError(
-        f"unknown variant {variant!r} of configs/apolloscape.py; expected one of: "
-        "'' (real data), 'synthetic', 'smoke'"
-    )
+
+def _synthetic(c: ml_collections.ConfigDict) -> None:
+    c.data.synthetic.update(num_train=160, num_valid=32, num_test=8, scale=0.2)
+    c.data.crop_top = 340  # 1700 * 0.2: the 202 x 677 crop, scaled by 0.5 to 101 x 338
+    c.data.image_hw = (96, 288)
+    c.data.teacher_image_hw = (96, 288)
+    c.teacher.model_kwargs.bins = (1, 2, 3, 6)  # the default; (10, 20, 30, 60) is for full size
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    c.data.synthetic.update(num_train=8, num_valid=4, num_test=2, scale=0.05)
+    c.data.crop_top = 85  # 1700 * 0.05: the 51 x 169 crop
+    c.data.image_hw = (32, 96)
+    c.data.teacher_image_hw = (32, 96)
+    c.data.augment.scale_range = (0.75, 0.75)  # 38 x 127, then the random 32 x 96 crop

@@ -44,7 +44,7 @@ import dataclasses
 import io
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import cv2
@@ -213,35 +213,6 @@ class Entry:
     line: int | None = None
 
 
-def normalize_root_rewrite(value) -> tuple[tuple[str, str], ...]:
-    """``root_rewrite`` config value -> tuple of ``(old_prefix, new_prefix)`` pairs.
-
-    Accepts None/empty, one pair, or a sequence of pairs.
-
-    Raises:
-        DataConfigError: anything else.
-    """
-    if value is None or (isinstance(value, Sequence) and len(value) == 0):
-        return ()
-    if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, str) for v in value):
-        value = (value,)
-    pairs = []
-    for pair in value if isinstance(value, Sequence) and not isinstance(value, str) else [value]:
-        if (
-            not isinstance(pair, Sequence)
-            or isinstance(pair, str)
-            or len(pair) != 2
-            or not all(isinstance(v, str) for v in pair)
-            or not pair[0]
-        ):
-            raise DataConfigError(
-                "config.data.root_rewrite must be (old_prefix, new_prefix) or a sequence of such "
-                f"string pairs with a non-empty old_prefix, got {value!r}"
-            )
-        pairs.append((pair[0], pair[1]))
-    return tuple(pairs)
-
-
 def _swap_camera_spelling(path: str) -> str:
     """``Camera_5`` <-> ``Camera 5`` in every folder component of ``path``."""
     parts = path.split(os.sep)
@@ -333,7 +304,7 @@ def parse_list(
     """
     list_path = os.fspath(list_path)
     root = os.path.abspath(os.fspath(root))
-    rewrite = normalize_root_rewrite(tuple(root_rewrite))
+    rewrite = pipeline.normalize_root_rewrite(tuple(root_rewrite))
     resolver = _Resolver(root, rewrite)
     try:
         with open(list_path, encoding="utf-8") as f:
@@ -531,67 +502,30 @@ def _image_size_hw(path: str) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------
 # The dataset.
 
-_SUGGEST = (
-    "Point config.data.data_dir at the ApolloScape lane-segmentation root (holding "
-    "ColorImage_roadXX/ and Labels_roadXX/, and optionally list/), or use the synthetic "
-    "stand-in: configs/apolloscape.py:synthetic."
-)
 
-
-class ApolloscapeDataset(pipeline.SegmentationDataset):
+class ApolloscapeDataset(pipeline.FolderDataset):
     """ApolloScape lane marking segmentation behind the shared ``SegmentationDataset`` API.
 
     37 classes (IntRA-KD train ids); ``test`` (road05) has no labels, so its eval batches carry
     labels of all 255. See the module docstring for lists, scanning and label decoding.
     """
 
+    SPLITS = SPLITS
+    NAME = "apolloscape"
+    TITLE = "ApolloScape"
+    ROOT = "the ApolloScape root folder"
+    SUGGEST = (
+        "Point config.data.data_dir at the ApolloScape lane-segmentation root (holding "
+        "ColorImage_roadXX/ and Labels_roadXX/, and optionally list/), or use the synthetic "
+        "stand-in: configs/apolloscape.py:synthetic."
+    )
+    GENERATOR_MODULE = "data_pipelines.synthetic.apolloscape"
+
     def __init__(self, config):
         """Validates ``config`` (the data ConfigDict); checks the folder unless it is synthetic."""
         get = lambda name, default=None: pipeline.config_get(config, name, default)
-        self._config = config
-        num_classes = classes.NUM_INTRAKD_CLASSES
-        default_weights = tuple(
-            0.05 if k in (0, num_classes - 1) else 1.0 for k in range(num_classes)
-        )
-        weights = get("class_weights", default_weights)
-        try:
-            weights = tuple(float(w) for w in weights)
-        except (TypeError, ValueError):
-            raise DataConfigError(
-                f"config.data.class_weights must be numbers, got {weights!r}"
-            ) from None
-        if len(weights) != num_classes:
-            raise DataConfigError(
-                f"config.data.class_weights has {len(weights)} entries; ApolloScape has "
-                f"{num_classes} classes (IntRA-KD train ids 0..{num_classes - 1})"
-            )
-        self._train_split_name = get("train_split", "train")
-        self._eval_split_name = get("eval_split", "valid")
-        for field, split in [
-            ("train_split", self._train_split_name),
-            ("eval_split", self._eval_split_name),
-        ]:
-            if split not in SPLITS:
-                raise DataConfigError(
-                    f"config.data.{field} must be one of {list(SPLITS)}, got {split!r}"
-                )
-        options = pipeline.options_from_config(config, class_lut=classes.INTRAKD_HFLIP_LUT)
-        info = pipeline.DatasetInfo(
-            name="apolloscape",
-            num_classes=num_classes,
-            class_names=classes.INTRAKD_CLASS_NAMES,
-            class_weights=weights,
-            ignore_label=pipeline.IGNORE_LABEL,
-            image_hw=options.image_hw,
-        )
-        super().__init__(info, options)
-
-        self._split_source = get("split_source", "auto")
-        if self._split_source not in SPLIT_SOURCES:
-            raise DataConfigError(
-                f"config.data.split_source must be one of {list(SPLIT_SOURCES)}, "
-                f"got {self._split_source!r}"
-            )
+        # Set before the base class checks the root, which reads the list files.
+        self._split_source = pipeline.config_choice(config, "split_source", SPLIT_SOURCES, "auto")
         list_files = get("list_files")
         self._list_files = {
             s: pipeline.config_get(list_files, s, DEFAULT_LIST_FILES[s]) for s in SPLITS
@@ -601,10 +535,20 @@ class ApolloscapeDataset(pipeline.SegmentationDataset):
                 raise DataConfigError(
                     f"config.data.list_files.{s} must be a non-empty path string, got {p!r}"
                 )
-        self._root_rewrite = normalize_root_rewrite(get("root_rewrite"))
+        num_classes = classes.NUM_INTRAKD_CLASSES
+        super().__init__(
+            config,
+            class_names=classes.INTRAKD_CLASS_NAMES,
+            default_class_weights=tuple(
+                0.05 if k in (0, num_classes - 1) else 1.0 for k in range(num_classes)
+            ),
+            classes_desc=f"ApolloScape has {num_classes} classes (IntRA-KD train ids "
+            f"0..{num_classes - 1})",
+            class_lut=classes.INTRAKD_HFLIP_LUT,
+        )
+        self._root_rewrite = pipeline.normalize_root_rewrite(get("root_rewrite"))
         self._valid_records = tuple(get("scan_valid_records", DEFAULT_VALID_RECORDS))
         self._test_roads = tuple(get("scan_test_roads", DEFAULT_TEST_ROADS))
-        self._skip_corrupt = bool(get("skip_corrupt", False))
         teacher_hw = get("teacher_image_hw")
         if teacher_hw is not None:
             try:
@@ -616,28 +560,6 @@ class ApolloscapeDataset(pipeline.SegmentationDataset):
                     "config.data.teacher_image_hw must be None or (height, width) positive ints, "
                     f"got {teacher_hw!r}"
                 )
-
-        synthetic = get("synthetic")
-        self._synthetic = synthetic if pipeline.config_get(synthetic, "enabled", False) else None
-        data_dir = get("data_dir")
-        if data_dir is None or str(data_dir) == "":
-            raise DataConfigError(
-                "config.data.data_dir is not set; expected the ApolloScape root folder"
-                + ("" if self._synthetic is None else " to generate the synthetic dataset into")
-                + ". "
-                + _SUGGEST
-            )
-        self._data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-        max_examples = get("max_examples")
-        self._max_examples = {s: pipeline.config_get(max_examples, s) for s in SPLITS}
-        for s, cap in self._max_examples.items():
-            if cap is not None and (not isinstance(cap, int) or cap < 1):
-                raise DataConfigError(
-                    f"config.data.max_examples.{s} must be None or an int >= 1, got {cap!r}"
-                )
-        self._generated = self._synthetic is None
-        if self._synthetic is None:
-            self._check_layout()
         self._entries: dict[str, list[Entry]] = {}
         self._by_key: dict[str, dict[str, Entry]] = {}
         self._source_hw: dict[str, tuple[int, int]] = {}
@@ -645,40 +567,19 @@ class ApolloscapeDataset(pipeline.SegmentationDataset):
 
     # -- setup --------------------------------------------------------------------------------
 
-    def _check_layout(self) -> None:
-        d = self._data_dir
-        if not os.path.isdir(d):
-            raise DataConfigError(
-                f"config.data.data_dir = {d!r} does not exist; expected the ApolloScape root. "
-                + _SUGGEST
-            )
-        has_roads = any(_ROAD_DIR_RE.match(n) for n in os.listdir(d))
-        has_lists = any(os.path.isfile(self._list_path(s)) for s in SPLITS)
-        if not has_roads and not has_lists:
-            raise DataConfigError(
-                f"config.data.data_dir = {d!r} is not an ApolloScape root: no ColorImage_roadXX/ "
-                f"folders and none of the list files {sorted(set(self._list_files.values()))}. "
-                + _SUGGEST
-            )
-
-    def _ensure_generated(self) -> None:
-        if self._generated:
-            return
-        # Imported here: the generator imports this module's constants.
-        from data_pipelines.synthetic import apolloscape as synth
-
-        cfg = self._synthetic
-        kwargs = dict(
-            num_train=int(pipeline.config_get(cfg, "num_train", 32)),
-            num_valid=int(pipeline.config_get(cfg, "num_valid", 8)),
-            num_test=int(pipeline.config_get(cfg, "num_test", 4)),
-            seed=int(pipeline.config_get(cfg, "seed", 0)),
-            scale=float(pipeline.config_get(cfg, "scale", 1.0)),
+    def _layout_error(self) -> str | None:
+        if self._holds_data() or any(os.path.isfile(self._list_path(s)) for s in SPLITS):
+            return None
+        return (
+            "is not an ApolloScape root: no ColorImage_roadXX/ folders and none of the list "
+            f"files {sorted(set(self._list_files.values()))}"
         )
-        try:
-            params = synth.generator_params(**kwargs)
-        except ValueError as e:
-            raise DataConfigError(f"config.data.synthetic: {e}") from None
+
+    def _holds_data(self) -> bool:
+        d = self._data_dir
+        return os.path.isdir(d) and any(_ROAD_DIR_RE.match(n) for n in os.listdir(d))
+
+    def _synthetic_generated(self, params: dict) -> None:
         if params["crop_top"] != self.options.crop_top:
             logging.warning(
                 "config.data.crop_top = %d but the synthetic frames (scale %g) put the "
@@ -687,31 +588,6 @@ class ApolloscapeDataset(pipeline.SegmentationDataset):
                 params["scale"],
                 params["crop_top"],
             )
-        existing = synth.read_marker(self._data_dir)
-        if existing is not None:
-            if existing != params:
-                raise DataConfigError(
-                    f"config.data.data_dir = {self._data_dir!r} holds a synthetic ApolloScape "
-                    f"dataset generated with {existing}, but config.data.synthetic asks for "
-                    f"{params}; delete that folder or point data_dir elsewhere"
-                )
-        elif (
-            os.path.isdir(self._data_dir)
-            and any(_ROAD_DIR_RE.match(n) for n in os.listdir(self._data_dir))
-            and not synth.in_progress(self._data_dir)
-        ):
-            raise DataConfigError(
-                f"config.data.data_dir = {self._data_dir!r} already holds data that this "
-                "generator did not write; set config.data.synthetic.enabled = False to use it, "
-                "or choose an empty/non-existent data_dir for the synthetic dataset"
-            )
-        else:
-            logging.info(
-                "ApolloScape: generating synthetic dataset %s into %s", params, self._data_dir
-            )
-            synth.generate_apolloscape(self._data_dir, **kwargs)
-        self._check_layout()
-        self._generated = True
 
     def _list_path(self, split: str) -> str:
         p = os.path.expanduser(self._list_files[split])
@@ -758,7 +634,7 @@ class ApolloscapeDataset(pipeline.SegmentationDataset):
             entries, issues = self._read_split(split)
             issues = [i for i in issues if i.blocking]
             if issues:
-                if not self._skip_corrupt:
+                if not self.options.skip_corrupt:
                     first = issues[0]
                     where = f"{first.path}:{first.line}" if first.line else first.path
                     more = f" ({len(issues) - 1} more problems)" if len(issues) > 1 else ""
@@ -778,20 +654,15 @@ class ApolloscapeDataset(pipeline.SegmentationDataset):
                     f"ApolloScape split {split!r} has no examples (source: "
                     f"{self.split_source(split)})"
                 )
-            cap = self._max_examples.get(split)
-            if cap is not None:
-                entries = entries[:cap]
+            entries = self._capped(split, entries)
             self._entries[split] = entries
             self._by_key[split] = {e.key: e for e in entries}
         return self._entries[split]
 
     # -- SegmentationDataset ------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Generates the synthetic data if configured and missing; reads the train/eval splits."""
-        self._ensure_generated()
-        for split in dict.fromkeys((self._train_split_name, self._eval_split_name)):
-            self._split_entries(split)
+    def _prepare_split(self, split: str) -> None:
+        self._split_entries(split)
 
     def _examples(self, split: str) -> list[pipeline.Example]:
         return [
@@ -823,9 +694,6 @@ class ApolloscapeDataset(pipeline.SegmentationDataset):
 
     def _decode_label(self, contents: tf.Tensor) -> tf.Tensor:
         return decode_label_tensor(contents)
-
-    def _train_split(self) -> str:
-        return self._train_split_name
 
     def source_image_hw(self, split: str) -> tuple[int, int]:
         """(height, width) of a split's raw frames (from its first JPEG header)."""
@@ -864,11 +732,6 @@ class ApolloscapeDataset(pipeline.SegmentationDataset):
     def check_label(self, label_path: str) -> tuple[tuple[int, int], list[str]]:
         """(H, W) of a ``_bin.png`` and messages for ids/colours outside the class table."""
         return label_problems(label_path)
-
-    @property
-    def data_dir(self) -> str:
-        """Absolute ApolloScape root."""
-        return self._data_dir
 
     @property
     def teacher_image_hw(self) -> tuple[int, int] | None:

@@ -89,15 +89,8 @@ LIST_FORMATS = {
 }
 
 
-def _make_hflip_lut() -> np.ndarray:
-    lut = np.arange(256, dtype=np.uint8)
-    # Mirroring turns the leftmost slot into the rightmost one: 1<->4, 2<->3.
-    lut[1], lut[4] = 4, 1
-    lut[2], lut[3] = 3, 2
-    return lut
-
-
-HFLIP_LUT = _make_hflip_lut()
+# Mirroring turns the leftmost slot into the rightmost one: 1<->4, 2<->3.
+HFLIP_LUT = pipeline.class_swap_lut([(1, 4), (2, 3)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -598,11 +591,6 @@ def _rewrite_hint(raw_rel: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # The dataset.
 
-_SUGGEST = (
-    "Point config.data.data_dir at the CULane root (holding driver_*/, laneseg_label_w16/ and "
-    "list/), or use the synthetic stand-in: configs/culane.py:synthetic."
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class _Split:
@@ -610,141 +598,51 @@ class _Split:
     labels: tuple[str, ...] | None  # label paths relative to the root, or None (unlabelled)
 
 
-class CulaneDataset(pipeline.SegmentationDataset):
+class CulaneDataset(pipeline.FolderDataset):
     """CULane behind the shared ``SegmentationDataset`` API (see the module docstring)."""
 
     SPLITS = SPLITS
+    NAME = "culane"
+    TITLE = "CULane"
+    ROOT = "the CULane root folder (with driver_*/, laneseg_label_w16/ and list/)"
+    SUGGEST = (
+        "Point config.data.data_dir at the CULane root (holding driver_*/, laneseg_label_w16/ and "
+        "list/), or use the synthetic stand-in: configs/culane.py:synthetic."
+    )
+    GENERATOR_MODULE = "data_pipelines.synthetic.culane"
 
     def __init__(self, config):
         """Validates ``config`` (the data ConfigDict); checks the folder unless it is synthetic."""
-        get = lambda name, default=None: pipeline.config_get(config, name, default)
-        self._config = config
-        weights = get("class_weights", (0.4, 1.0, 1.0, 1.0, 1.0))
-        try:
-            weights = tuple(float(w) for w in weights)
-        except (TypeError, ValueError):
-            raise DataConfigError(
-                f"config.data.class_weights must be numbers, got {weights!r}"
-            ) from None
-        if len(weights) != len(CLASS_NAMES):
-            raise DataConfigError(
-                f"config.data.class_weights has {len(weights)} entries; CULane has "
-                f"{len(CLASS_NAMES)} classes {list(CLASS_NAMES)}"
-            )
-        self._train_split_name = get("train_split", "train")
-        self._eval_split_name = get("eval_split", "valid")
-        for field, split in [
-            ("train_split", self._train_split_name),
-            ("eval_split", self._eval_split_name),
-        ]:
-            if split not in SPLITS:
-                raise DataConfigError(
-                    f"config.data.{field} must be one of {list(SPLITS)}, got {split!r}"
-                )
-        options = pipeline.options_from_config(config, class_lut=HFLIP_LUT)
-        info = pipeline.DatasetInfo(
-            name="culane",
-            num_classes=len(CLASS_NAMES),
+        super().__init__(
+            config,
             class_names=CLASS_NAMES,
-            class_weights=weights,
-            ignore_label=pipeline.IGNORE_LABEL,
-            image_hw=options.image_hw,
+            default_class_weights=(0.4, 1.0, 1.0, 1.0, 1.0),
+            classes_desc=f"CULane has {len(CLASS_NAMES)} classes {list(CLASS_NAMES)}",
+            class_lut=HFLIP_LUT,
         )
-        super().__init__(info, options)
-
-        rewrite = get("root_rewrite")
-        if rewrite is not None:
-            if (
-                isinstance(rewrite, str)
-                or len(rewrite) != 2
-                or not all(isinstance(p, str) for p in rewrite)
-                or not rewrite[0]
-            ):
-                raise DataConfigError(
-                    "config.data.root_rewrite must be None or a pair (old_prefix, new_prefix) of "
-                    f"strings with a non-empty old_prefix, got {rewrite!r}"
-                )
-            rewrite = (rewrite[0], rewrite[1])
-        self._root_rewrite = rewrite
-        synthetic = get("synthetic")
-        self._synthetic = synthetic if pipeline.config_get(synthetic, "enabled", False) else None
-        data_dir = get("data_dir")
-        if data_dir is None or str(data_dir) == "":
+        rewrite = pipeline.config_get(config, "root_rewrite")
+        pairs = pipeline.normalize_root_rewrite(rewrite)
+        if len(pairs) > 1:
             raise DataConfigError(
-                "config.data.data_dir is not set; expected the CULane root folder "
-                "(with driver_*/, laneseg_label_w16/ and list/)"
-                + ("" if self._synthetic is None else " to generate the synthetic dataset into")
-                + ". "
-                + _SUGGEST
+                "config.data.root_rewrite must be one (old_prefix, new_prefix) pair for CULane, "
+                f"got {rewrite!r}"
             )
-        self._data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-        max_examples = get("max_examples")
-        self._max_examples = {s: pipeline.config_get(max_examples, s) for s in SPLITS}
-        for s, cap in self._max_examples.items():
-            if cap is not None and (not isinstance(cap, int) or cap < 1):
-                raise DataConfigError(
-                    f"config.data.max_examples.{s} must be None or an int >= 1, got {cap!r}"
-                )
-        self._generated = self._synthetic is None
-        if self._synthetic is None:
-            self._check_layout()
+        self._root_rewrite = pairs[0] if pairs else None
         self._splits: dict[str, _Split] = {}
         self._index: dict[str, dict[str, int]] = {}
 
     # -- setup --------------------------------------------------------------------------------
 
-    def _check_layout(self) -> None:
-        d = self._data_dir
-        if not os.path.isdir(d):
-            raise DataConfigError(
-                f"config.data.data_dir = {d!r} does not exist; expected the CULane root folder "
-                f"with driver_*/, laneseg_label_w16/ and list/. {_SUGGEST}"
-            )
-        if not os.path.isdir(os.path.join(d, LIST_DIR)):
-            raise DataConfigError(
-                f"config.data.data_dir = {d!r} is not a CULane root: missing {LIST_DIR}/ (expected "
-                f"{LIST_DIR}/train_gt.txt, val_gt.txt, test.txt and test_split/). {_SUGGEST}"
-            )
-
-    def _ensure_generated(self) -> None:
-        if self._generated:
-            return
-        # Imported here: the generator imports this module.
-        from data_pipelines.synthetic import culane as synth
-
-        cfg = self._synthetic
-        kwargs = dict(
-            num_train=int(pipeline.config_get(cfg, "num_train", 64)),
-            num_valid=int(pipeline.config_get(cfg, "num_valid", 16)),
-            num_test=int(pipeline.config_get(cfg, "num_test", 18)),
-            seed=int(pipeline.config_get(cfg, "seed", 0)),
-            image_wh=tuple(int(v) for v in pipeline.config_get(cfg, "image_wh", IMAGE_WH)),
+    def _layout_error(self) -> str | None:
+        if self._holds_data():
+            return None
+        return (
+            f"is not a CULane root: missing {LIST_DIR}/ (expected {LIST_DIR}/train_gt.txt, "
+            "val_gt.txt, test.txt and test_split/)"
         )
-        try:
-            params = synth.generator_params(**kwargs)
-        except ValueError as e:
-            raise DataConfigError(f"config.data.synthetic: {e}") from None
-        existing = synth.read_marker(self._data_dir)
-        if existing is not None:
-            if existing != params:
-                raise DataConfigError(
-                    f"config.data.data_dir = {self._data_dir!r} holds a synthetic CULane dataset "
-                    f"generated with {existing}, but config.data.synthetic asks for {params}; "
-                    "delete that folder or point data_dir elsewhere"
-                )
-        elif os.path.isdir(os.path.join(self._data_dir, LIST_DIR)) and not synth.in_progress(
-            self._data_dir
-        ):
-            raise DataConfigError(
-                f"config.data.data_dir = {self._data_dir!r} already holds data that this "
-                "generator did not write; set config.data.synthetic.enabled = False to use it, "
-                "or choose an empty/non-existent data_dir for the synthetic dataset"
-            )
-        else:
-            logging.info("CULane: generating synthetic dataset %s into %s", params, self._data_dir)
-            synth.generate_culane(self._data_dir, **kwargs)
-        self._check_layout()
-        self._generated = True
+
+    def _holds_data(self) -> bool:
+        return os.path.isdir(os.path.join(self._data_dir, LIST_DIR))
 
     def list_path(self, split: str) -> str:
         """Absolute path of the list file of ``split``."""
@@ -767,9 +665,7 @@ class CulaneDataset(pipeline.SegmentationDataset):
         )
         if not entries:
             raise DatasetLayoutError(f"{list_path}: the list has no entries")
-        cap = self._max_examples.get(split)
-        if cap is not None:
-            entries = entries[:cap]
+        entries = self._capped(split, entries)
         missing = [
             f"{list_path}:{e.line}: {what} {self._abs(rel)} does not exist{_rewrite_hint(rel)}"
             for e in entries
@@ -805,11 +701,8 @@ class CulaneDataset(pipeline.SegmentationDataset):
 
     # -- SegmentationDataset ------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Generates the synthetic data if configured and missing; reads the train/eval lists."""
-        self._ensure_generated()
-        for split in dict.fromkeys((self._train_split_name, self._eval_split_name)):
-            self._split(split)
+    def _prepare_split(self, split: str) -> None:
+        self._split(split)
 
     def _examples(self, split: str) -> list[pipeline.Example]:
         s = self._split(split)
@@ -821,9 +714,6 @@ class CulaneDataset(pipeline.SegmentationDataset):
             )
             for i, e in enumerate(s.entries)
         ]
-
-    def _train_split(self) -> str:
-        return self._train_split_name
 
     def entries(self, split: str) -> list[ListEntry]:
         """Parsed list lines of ``split`` (after ``max_examples``), in list order."""
@@ -918,11 +808,6 @@ class CulaneDataset(pipeline.SegmentationDataset):
                 if not os.path.isfile(self.annotation_path(e.key)):
                     missing(e, "lane annotation", e.key + ".lines.txt", " (the evaluator reads it)")
         return problems
-
-    @property
-    def data_dir(self) -> str:
-        """Absolute CULane root."""
-        return self._data_dir
 
     @property
     def root_rewrite(self) -> tuple[str, str] | None:

@@ -72,15 +72,8 @@ BINARY_NAMES = ("background", "marker")
 LABEL_TYPES = ("multiclass", "binary")
 
 
-def _make_hflip_lut() -> np.ndarray:
-    lut = np.arange(256, dtype=np.uint8)
-    # Mirroring the scene turns the leftmost divider into the rightmost one: l1<->r1, l0<->r0.
-    lut[1], lut[4] = 4, 1
-    lut[2], lut[3] = 3, 2
-    return lut
-
-
-MULTICLASS_HFLIP_LUT = _make_hflip_lut()
+# Mirroring the scene turns the leftmost divider into the rightmost one: l1<->r1, l0<->r0.
+MULTICLASS_HFLIP_LUT = pipeline.class_swap_lut([(1, 4), (2, 3)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -599,164 +592,68 @@ def _png_size_hw(path: str) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------
 # The dataset.
 
-_SUGGEST = (
-    "Point config.data.data_dir at the LLAMAS root (holding color_images/ and labels/), or use "
-    "the synthetic stand-in: configs/llamas.py:synthetic."
-)
 
-
-class LlamasDataset(pipeline.SegmentationDataset):
+class LlamasDataset(pipeline.FolderDataset):
     """LLAMAS behind the shared ``SegmentationDataset`` API.
 
     Eval on ``test`` (no public labels) gives labels of all 255, so metrics over it see only
     ignored pixels; evaluate on ``valid``.
     """
 
+    SPLITS = SPLITS
+    NAME = "llamas"
+    TITLE = "LLAMAS"
+    ROOT = "the LLAMAS root folder (with color_images/ and labels/)"
+    SUGGEST = (
+        "Point config.data.data_dir at the LLAMAS root (holding color_images/ and labels/), or use "
+        "the synthetic stand-in: configs/llamas.py:synthetic."
+    )
+    GENERATOR_MODULE = "data_pipelines.synthetic.llamas"
+
     def __init__(self, config):
         """Validates ``config`` (the data ConfigDict); checks the folder unless it is synthetic."""
-        get = lambda name, default=None: pipeline.config_get(config, name, default)
-        self._config = config
-        self._label_type = get("label_type", "multiclass")
-        if self._label_type not in LABEL_TYPES:
-            raise DataConfigError(
-                f"config.data.label_type must be one of {list(LABEL_TYPES)}, "
-                f"got {self._label_type!r}"
-            )
+        self._label_type = pipeline.config_choice(config, "label_type", LABEL_TYPES, "multiclass")
         class_names = MULTICLASS_NAMES if self._label_type == "multiclass" else BINARY_NAMES
-        num_classes = len(class_names)
-        weights = get("class_weights", (1.0,) * num_classes)
-        try:
-            weights = tuple(float(w) for w in weights)
-        except (TypeError, ValueError):
-            raise DataConfigError(
-                f"config.data.class_weights must be numbers, got {weights!r}"
-            ) from None
-        if len(weights) != num_classes:
-            raise DataConfigError(
-                f"config.data.class_weights has {len(weights)} entries but label_type "
-                f"{self._label_type!r} has {num_classes} classes {list(class_names)}"
-            )
-        self._train_split_name = get("train_split", "train")
-        self._eval_split_name = get("eval_split", "valid")
-        for field, split in [
-            ("train_split", self._train_split_name),
-            ("eval_split", self._eval_split_name),
-        ]:
-            if split not in SPLITS:
-                raise DataConfigError(
-                    f"config.data.{field} must be one of {list(SPLITS)}, got {split!r}"
-                )
-        lut = MULTICLASS_HFLIP_LUT if self._label_type == "multiclass" else None
-        options = pipeline.options_from_config(config, class_lut=lut)
-        info = pipeline.DatasetInfo(
-            name="llamas",
-            num_classes=num_classes,
+        super().__init__(
+            config,
             class_names=class_names,
-            class_weights=weights,
-            ignore_label=pipeline.IGNORE_LABEL,
-            image_hw=options.image_hw,
+            default_class_weights=(1.0,) * len(class_names),
+            classes_desc=f"label_type {self._label_type!r} has {len(class_names)} classes "
+            f"{list(class_names)}",
+            class_lut=MULTICLASS_HFLIP_LUT if self._label_type == "multiclass" else None,
         )
-        super().__init__(info, options)
-
-        self._min_lane_height = int(get("min_lane_height", 20))
-        synthetic = get("synthetic")
-        self._synthetic = synthetic if pipeline.config_get(synthetic, "enabled", False) else None
-        data_dir = get("data_dir")
-        if data_dir is None or str(data_dir) == "":
-            raise DataConfigError(
-                "config.data.data_dir is not set; expected the LLAMAS root folder "
-                "(with color_images/ and labels/)"
-                + ("" if self._synthetic is None else " to generate the synthetic dataset into")
-                + ". "
-                + _SUGGEST
-            )
-        self._data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-        cache_dir = get("cache_dir")
+        self._min_lane_height = int(pipeline.config_get(config, "min_lane_height", 20))
+        cache_dir = pipeline.config_get(config, "cache_dir")
         self._cache_dir = (
-            os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
+            pipeline.absolute_path(cache_dir)
             if cache_dir
             else os.path.join(self._data_dir, ".label_cache")
         )
-        max_examples = get("max_examples")
-        self._max_examples = {s: pipeline.config_get(max_examples, s) for s in SPLITS}
-        for s, cap in self._max_examples.items():
-            if cap is not None and (not isinstance(cap, int) or cap < 1):
-                raise DataConfigError(
-                    f"config.data.max_examples.{s} must be None or an int >= 1, got {cap!r}"
-                )
-        self._generated = self._synthetic is None
-        if self._synthetic is None:
-            self._check_layout()
         self._samples: dict[str, list[Sample]] = {}
         self._labels_ready: set[str] = set()
 
     # -- setup --------------------------------------------------------------------------------
 
-    def _check_layout(self) -> None:
+    def _layout_error(self) -> str | None:
         d = self._data_dir
-        if not os.path.isdir(d):
-            raise DataConfigError(
-                f"config.data.data_dir = {d!r} does not exist; expected the LLAMAS root folder "
-                f"with color_images/ and labels/. {_SUGGEST}"
-            )
         missing = [
             sub for sub in ("color_images", "labels") if not os.path.isdir(os.path.join(d, sub))
         ]
-        if missing:
-            raise DataConfigError(
-                f"config.data.data_dir = {d!r} is not a LLAMAS root: missing "
-                f"{', '.join(m + '/' for m in missing)} (expected color_images/<split>/<recording>/"
-                f"<ts>{COLOR_SUFFIX} and labels/<split>/<recording>/<ts>.json). {_SUGGEST}"
-            )
-
-    def _ensure_generated(self) -> None:
-        if self._generated:
-            return
-        # Imported here: the generator imports this module (for the official marker quads).
-        from data_pipelines.synthetic import llamas as synth
-
-        cfg = self._synthetic
-        kwargs = dict(
-            num_train=int(pipeline.config_get(cfg, "num_train", 64)),
-            num_valid=int(pipeline.config_get(cfg, "num_valid", 16)),
-            num_test=int(pipeline.config_get(cfg, "num_test", 8)),
-            seed=int(pipeline.config_get(cfg, "seed", 0)),
-            image_wh=tuple(int(v) for v in pipeline.config_get(cfg, "image_wh", IMAGE_WH)),
+        if not missing:
+            return None
+        return (
+            f"is not a LLAMAS root: missing {', '.join(m + '/' for m in missing)} (expected "
+            f"color_images/<split>/<recording>/<ts>{COLOR_SUFFIX} and "
+            "labels/<split>/<recording>/<ts>.json)"
         )
-        try:
-            params = synth.generator_params(**kwargs)
-        except ValueError as e:
-            raise DataConfigError(f"config.data.synthetic: {e}") from None
-        existing = synth.read_marker(self._data_dir)
-        if existing is not None:
-            if existing != params:
-                raise DataConfigError(
-                    f"config.data.data_dir = {self._data_dir!r} holds a synthetic LLAMAS dataset "
-                    f"generated with {existing}, but config.data.synthetic asks for {params}; "
-                    "delete that folder or point data_dir elsewhere"
-                )
-        elif os.path.isdir(os.path.join(self._data_dir, "color_images")) and not synth.in_progress(
-            self._data_dir
-        ):
-            raise DataConfigError(
-                f"config.data.data_dir = {self._data_dir!r} already holds data that this "
-                "generator did not write; set config.data.synthetic.enabled = False to use it, "
-                "or choose an empty/non-existent data_dir for the synthetic dataset"
-            )
-        else:
-            logging.info("LLAMAS: generating synthetic dataset %s into %s", params, self._data_dir)
-            synth.generate_llamas(self._data_dir, **kwargs)
-        self._check_layout()
-        self._generated = True
+
+    def _holds_data(self) -> bool:
+        return os.path.isdir(os.path.join(self._data_dir, "color_images"))
 
     def _split_samples(self, split: str) -> list[Sample]:
         if split not in self._samples:
             self._ensure_generated()
-            samples = list_samples(self._data_dir, split)
-            cap = self._max_examples.get(split)
-            if cap is not None:
-                samples = samples[:cap]
-            self._samples[split] = samples
+            self._samples[split] = self._capped(split, list_samples(self._data_dir, split))
         return self._samples[split]
 
     def source_image_hw(self, split: str) -> tuple[int, int]:
@@ -769,7 +666,8 @@ class LlamasDataset(pipeline.SegmentationDataset):
             )
         return hw
 
-    def _ensure_labels(self, split: str) -> None:
+    def _prepare_split(self, split: str) -> None:
+        """Renders the split's labels into the cache (once)."""
         if split in self._labels_ready:
             return
         samples = self._split_samples(split)
@@ -786,14 +684,8 @@ class LlamasDataset(pipeline.SegmentationDataset):
 
     # -- SegmentationDataset ------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Generates the synthetic data if configured and missing, then caches train/eval labels."""
-        self._ensure_generated()
-        for split in dict.fromkeys((self._train_split_name, self._eval_split_name)):
-            self._ensure_labels(split)
-
     def _examples(self, split: str) -> list[pipeline.Example]:
-        self._ensure_labels(split)
+        self._prepare_split(split)
         return [
             pipeline.Example(
                 key=s.key,
@@ -805,9 +697,6 @@ class LlamasDataset(pipeline.SegmentationDataset):
             for s in self._split_samples(split)
         ]
 
-    def _train_split(self) -> str:
-        return self._train_split_name
-
     def num_examples(self, split: str) -> int:
         """Number of examples in ``split`` (after ``max_examples``); renders no labels."""
         self._check_split(split)
@@ -817,11 +706,6 @@ class LlamasDataset(pipeline.SegmentationDataset):
         """``<recording>/<ts>`` keys of ``split``, sorted; eval batches' ``index`` points here."""
         self._check_split(split)
         return [s.key for s in self._split_samples(split)]
-
-    @property
-    def data_dir(self) -> str:
-        """Absolute LLAMAS root."""
-        return self._data_dir
 
     @property
     def cache_dir(self) -> str:

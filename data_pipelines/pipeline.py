@@ -1,9 +1,10 @@
 """Dataset-independent tf.data machinery shared by every segmentation reader.
 
-A reader (LLAMAS, later CULane/ApolloScape) subclasses ``SegmentationDataset`` and supplies the
-per-split list of ``Example``s (image file, 8-bit label PNG or None) plus, optionally, its own
-label decoder and left/right class swap table. This module turns those lists into the batch
-iterators the training code consumes:
+A reader (LLAMAS, CULane, ApolloScape) subclasses ``SegmentationDataset`` (through
+``FolderDataset``, which holds the config parsing and synthetic-data handling they share) and
+supplies the per-split list of ``Example``s (image file, 8-bit label PNG or None) plus, optionally,
+its own label decoder and left/right class swap table. This module turns those lists into the
+batch iterators the training code consumes:
 
 * training: an infinite, deterministic stream. Epoch ``e`` visits examples in the order
   ``np.random.default_rng([seed, e]).permutation(N)``; the global batch at step ``s`` holds
@@ -41,13 +42,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib
 import io
 import itertools
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -125,7 +127,7 @@ class PipelineOptions:
         source: ``"files"`` (the reader's files) or ``"tfds"`` (a prepared TFDS dataset).
         tfds_data_dir: TFDS data_dir holding the prepared dataset (None = TFDS's default).
         tfds_name: TFDS ``name/config`` to read (resolved from the data config).
-        max_examples: per-split caps applied to a TFDS source (files readers cap their lists).
+        max_examples: per-split caps; files readers cap their lists, a TFDS source its keys.
     """
 
     image_hw: tuple[int, int]
@@ -145,12 +147,68 @@ class PipelineOptions:
     max_examples: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
+def class_swap_lut(pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+    """A ``class_lut`` for horizontal flips: uint8 (256,) identity with each pair swapped."""
+    lut = np.arange(256, dtype=np.uint8)
+    for a, b in pairs:
+        lut[a], lut[b] = b, a
+    return lut
+
+
 def config_get(cfg, name: str, default=None):
     """Reads ``cfg.name`` from a ConfigDict or dict; ``default`` when absent or None."""
     if cfg is None:
         return default
     value = cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
     return default if value is None else value
+
+
+def absolute_path(path: str | os.PathLike) -> str:
+    """``path`` with ``~`` expanded, made absolute."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def config_choice(cfg, name: str, choices: Sequence[str], default: str) -> str:
+    """``cfg.<name>`` (``default`` when unset), checked to be one of ``choices``.
+
+    Raises:
+        DataConfigError: any other value (names the field ``config.data.<name>``).
+    """
+    value = config_get(cfg, name, default)
+    if value not in choices:
+        raise DataConfigError(f"config.data.{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def normalize_root_rewrite(value) -> tuple[tuple[str, str], ...]:
+    """``config.data.root_rewrite`` -> tuple of ``(old_prefix, new_prefix)`` pairs.
+
+    List files written on another machine hold absolute paths; a path starting with
+    ``old_prefix`` gets ``new_prefix`` instead. Accepts None/empty, one pair, or a sequence of
+    pairs.
+
+    Raises:
+        DataConfigError: anything else.
+    """
+    if value is None or (isinstance(value, Sequence) and len(value) == 0):
+        return ()
+    if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        value = (value,)
+    pairs = []
+    for pair in value if isinstance(value, Sequence) and not isinstance(value, str) else [value]:
+        if (
+            not isinstance(pair, Sequence)
+            or isinstance(pair, str)
+            or len(pair) != 2
+            or not all(isinstance(v, str) for v in pair)
+            or not pair[0]
+        ):
+            raise DataConfigError(
+                "config.data.root_rewrite must be (old_prefix, new_prefix) or a sequence of such "
+                f"string pairs with a non-empty old_prefix, got {value!r}"
+            )
+        pairs.append((pair[0], pair[1]))
+    return tuple(pairs)
 
 
 def _float_tuple(value, n: int, field: str) -> tuple[float, ...]:
@@ -207,12 +265,10 @@ def options_from_config(cfg, class_lut: np.ndarray | None = None) -> PipelineOpt
         raise DataConfigError(
             f"config.data.skip_corrupt must be True or False, got {skip_corrupt!r}"
         )
-    source = config_get(cfg, "source", "files")
-    if source not in SOURCES:
-        raise DataConfigError(f"config.data.source must be one of {list(SOURCES)}, got {source!r}")
+    source = config_choice(cfg, "source", SOURCES, "files")
     tfds_data_dir = config_get(cfg, "tfds_data_dir")
     if tfds_data_dir is not None:
-        tfds_data_dir = os.path.abspath(os.path.expanduser(os.fspath(tfds_data_dir)))
+        tfds_data_dir = absolute_path(tfds_data_dir)
     tfds_name = None
     if source == "tfds":
         # Imported here: tensorflow_datasets is slow to import and only needed for this source.
@@ -388,15 +444,20 @@ def _check_batch_args(batch_size, process_index, process_count) -> None:
 class SplitSource(abc.ABC):
     """The encoded image/label bytes of one split's examples, by index, in key order."""
 
-    @property
-    @abc.abstractmethod
-    def keys(self) -> list[str]:
-        """Example keys in index order."""
+    def __init__(self, keys: Sequence[str], labelled: bool):
+        """Takes the example keys in index order and whether the split has labels."""
+        self._keys = list(keys)
+        self._labelled = labelled
 
     @property
-    @abc.abstractmethod
+    def keys(self) -> list[str]:
+        """Example keys in index order."""
+        return self._keys
+
+    @property
     def labelled(self) -> bool:
         """Whether the split has labels."""
+        return self._labelled
 
     @abc.abstractmethod
     def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -423,22 +484,11 @@ class FileSource(SplitSource):
         labelled = [e.label_path is not None for e in self.examples]
         if any(labelled) and not all(labelled):
             raise ValueError("a split must be labelled for all examples or for none")
-        self._labelled = bool(self.examples) and all(labelled)
-        self._keys = [e.key for e in self.examples]
+        super().__init__([e.key for e in self.examples], bool(self.examples) and all(labelled))
         # Numpy, not tf constants: each traced graph embeds its own copy (a tensor made eagerly
         # here would initialise TF's devices before the GPUs are hidden).
         self._image_paths = np.array([e.image_path for e in self.examples], dtype=object)
         self._label_paths = np.array([e.label_path or "" for e in self.examples], dtype=object)
-
-    @property
-    def keys(self) -> list[str]:
-        """Example keys in index order."""
-        return self._keys
-
-    @property
-    def labelled(self) -> bool:
-        """Whether the split has labels."""
-        return self._labelled
 
     def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
         """Graph op reading the example's files."""
@@ -478,20 +528,9 @@ class TfdsSource(SplitSource):
             labelled: whether the split has labels.
             name: ``name/config/split`` used in error messages.
         """
+        super().__init__(keys, labelled)
         self._records = records
-        self._keys = list(keys)
-        self._labelled = labelled
         self.name = name
-
-    @property
-    def keys(self) -> list[str]:
-        """Example keys in index order."""
-        return self._keys
-
-    @property
-    def labelled(self) -> bool:
-        """Whether the split has labels."""
-        return self._labelled
 
     def _get(self, i) -> tuple[bytes, bytes]:
         rec = self._records[int(i)]
@@ -1167,3 +1206,152 @@ class SegmentationDataset(abc.ABC):
 
     def _train_split(self) -> str:
         return "train"
+
+
+class FolderDataset(SegmentationDataset):
+    """A reader of one dataset root folder, ``config.data.data_dir``.
+
+    The folder holds the real dataset, or the synthetic twin its generator writes there on first
+    use (``config.data.synthetic.enabled``). This class holds what the readers share: parsing the
+    common ``config.data`` fields (class weights, train/eval splits, data_dir, synthetic,
+    max_examples), checking the root, generating the synthetic data and preparing the train/eval
+    splits. Subclasses set the class attributes and implement ``_layout_error``, ``_holds_data``
+    and ``_prepare_split``; what ``_layout_error`` reads must be set before ``__init__`` runs
+    (it checks the root of real data).
+    """
+
+    NAME = ""  # DatasetInfo.name, e.g. "llamas"
+    TITLE = ""  # the dataset in messages, e.g. "LLAMAS"
+    ROOT = ""  # what data_dir must be, completing "expected ..."
+    SUGGEST = ""  # what to do about a wrong data_dir
+    GENERATOR_MODULE = ""  # synthetic generator module; its GENERATOR is a common.Generator
+
+    def __init__(
+        self,
+        config,
+        *,
+        class_names: Sequence[str],
+        default_class_weights: Sequence[float],
+        classes_desc: str,
+        class_lut: np.ndarray | None = None,
+    ):
+        """Validates ``config`` (the data ConfigDict); checks the root unless it is synthetic.
+
+        Args:
+            config: ``config.data``.
+            class_names: one name per class.
+            default_class_weights: class weights when ``config.data.class_weights`` is unset.
+            classes_desc: the classes in a wrong-count message, e.g. ``"CULane has 5 classes"``.
+            class_lut: the left/right class swap table for horizontal flips.
+
+        Raises:
+            DataConfigError: a field is invalid or data_dir is not the dataset root (the message
+                names the field).
+        """
+        self._config = config
+        weights = config_get(config, "class_weights", default_class_weights)
+        try:
+            weights = tuple(float(w) for w in weights)
+        except (TypeError, ValueError):
+            raise DataConfigError(
+                f"config.data.class_weights must be numbers, got {weights!r}"
+            ) from None
+        if len(weights) != len(class_names):
+            raise DataConfigError(
+                f"config.data.class_weights has {len(weights)} entries; {classes_desc}"
+            )
+        self._train_split_name = config_choice(config, "train_split", self.SPLITS, "train")
+        self._eval_split_name = config_choice(config, "eval_split", self.SPLITS, "valid")
+        options = options_from_config(config, class_lut=class_lut)
+        info = DatasetInfo(
+            name=self.NAME,
+            num_classes=len(class_names),
+            class_names=class_names,
+            class_weights=weights,
+            ignore_label=IGNORE_LABEL,
+            image_hw=options.image_hw,
+        )
+        super().__init__(info, options)
+
+        synthetic = config_get(config, "synthetic")
+        self._synthetic = synthetic if config_get(synthetic, "enabled", False) else None
+        data_dir = config_get(config, "data_dir")
+        if data_dir is None or str(data_dir) == "":
+            raise DataConfigError(
+                f"config.data.data_dir is not set; expected {self.ROOT}"
+                + ("" if self._synthetic is None else " to generate the synthetic dataset into")
+                + f". {self.SUGGEST}"
+            )
+        self._data_dir = absolute_path(data_dir)
+        self._generated = self._synthetic is None
+        if self._synthetic is None:
+            self._check_layout()
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _layout_error(self) -> str | None:
+        """What makes the existing ``data_dir`` not the dataset root, or None.
+
+        The text follows ``config.data.data_dir = '<dir>' ``, e.g. ``"is not a LLAMAS root:
+        missing labels/"``.
+        """
+
+    @abc.abstractmethod
+    def _holds_data(self) -> bool:
+        """Whether ``data_dir`` holds the dataset's folders (synthetic or not)."""
+
+    @abc.abstractmethod
+    def _prepare_split(self, split: str) -> None:
+        """Reads (and checks or caches) one split; part of ``prepare``."""
+
+    def _synthetic_generated(self, params: dict) -> None:
+        """Called with the generator parameters once the synthetic data is in place."""
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def _check_layout(self) -> None:
+        d = self._data_dir
+        if not os.path.isdir(d):
+            raise DataConfigError(
+                f"config.data.data_dir = {d!r} does not exist; expected {self.ROOT}. {self.SUGGEST}"
+            )
+        error = self._layout_error()
+        if error:
+            raise DataConfigError(f"config.data.data_dir = {d!r} {error}. {self.SUGGEST}")
+
+    def _ensure_generated(self) -> None:
+        """Writes the configured synthetic dataset if it is not there yet (real data: no-op)."""
+        if self._generated:
+            return
+        # Imported here: the generators import their readers, which import this module.
+        from data_pipelines.synthetic import common
+
+        generator = importlib.import_module(self.GENERATOR_MODULE).GENERATOR
+        params = common.ensure_synthetic(
+            self._data_dir, self.TITLE, generator, self._synthetic, self._holds_data()
+        )
+        self._synthetic_generated(params)
+        self._check_layout()
+        self._generated = True
+
+    def _capped(self, split: str, items: list) -> list:
+        """The first ``config.data.max_examples.<split>`` of ``items`` (all when unset)."""
+        cap = self._options.max_examples.get(split)
+        return items if cap is None else items[:cap]
+
+    # -- SegmentationDataset --------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Generates the synthetic data if configured and missing; prepares train/eval splits."""
+        self._ensure_generated()
+        for split in dict.fromkeys((self._train_split_name, self._eval_split_name)):
+            self._prepare_split(split)
+
+    def _train_split(self) -> str:
+        return self._train_split_name
+
+    @property
+    def data_dir(self) -> str:
+        """Absolute dataset root."""
+        return self._data_dir

@@ -13,24 +13,18 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from apolloscape_reference import NEW_LIST, ORIGIN_HASH
 from PIL import Image
 
 import data_pipelines
 from configs import apolloscape as apolloscape_config
 from data_pipelines import apolloscape as ap
 from data_pipelines import apolloscape_classes as classes
-from data_pipelines import augment
+from data_pipelines import augment, pipeline
 from data_pipelines.errors import DataConfigError, DatasetLayoutError, LabelFormatError
 from data_pipelines.synthetic import apolloscape as synth
 from intrakd_jax.evaluation import apolloscape as ap_eval
 
-# IntRA-KD road_npy2img `new_list` (train id t -> id, 36 -> 249) and `origin_id` colour hashes.
-NEW_LIST = [0, 200, 204, 213, 209, 206, 207, 201, 203, 211, 208, 216, 217, 215, 218, 219, 210,
-            232, 214, 202, 220, 221, 222, 231, 224, 225, 226, 230, 228, 229, 233, 205, 212, 227,
-            223, 250, 249, 255]  # fmt: skip
-ORIGIN_HASH = [0, 1360, 580, 768, 255, 300, 680, 710, 312, 1509, 800, 1377, 880, 910, 1188, 128,
-               960, 1784, 1414, 1150, 512, 1162, 950, 750, 1575, 708, 2111, 1848, 1071, 1204,
-               892, 639, 2040, 1524, 832, 1122, 1224, 2295]  # fmt: skip
 ID_TO_TRAIN = {i: min(t, 36) for t, i in enumerate(NEW_LIST)}  # 249 and 255 both -> 36
 SCALE = 0.05  # synthetic frames of 169 x 136
 COUNTS = dict(num_train=6, num_valid=3, num_test=2)
@@ -272,13 +266,13 @@ def test_parse_list_reports_every_malformed_line_with_its_number(tmp_path):
 )
 def test_root_rewrite_validation(value):
     with pytest.raises(DataConfigError, match="root_rewrite"):
-        ap.normalize_root_rewrite(value)
+        pipeline.normalize_root_rewrite(value)
 
 
 def test_root_rewrite_forms():
-    assert ap.normalize_root_rewrite(None) == ()
-    assert ap.normalize_root_rewrite(("/a/", "")) == (("/a/", ""),)
-    assert ap.normalize_root_rewrite([("/a/", "b/"), ("/c/", "/d/")]) == (
+    assert pipeline.normalize_root_rewrite(None) == ()
+    assert pipeline.normalize_root_rewrite(("/a/", "")) == (("/a/", ""),)
+    assert pipeline.normalize_root_rewrite([("/a/", "b/"), ("/c/", "/d/")]) == (
         ("/a/", "b/"),
         ("/c/", "/d/"),
     )
@@ -583,17 +577,8 @@ def test_synthetic_config_generates_and_refuses_other_parameters(tmp_path):
 # One smoke run of the whole pipeline.
 
 
-def test_smoke_pipeline_runs_all_stages(tmp_path):
-    from intrakd_jax import train
-
-    config = apolloscape_config.get_config("smoke")
-    config.data.data_dir = str(tmp_path / "data")
-    results = train.train_and_evaluate(config, str(tmp_path / "work"))
-    assert set(results) == {"teacher", "student", "distill"}
-    table = (tmp_path / "work" / "comparison.md").read_text()
+def test_smoke_pipeline_runs_all_stages(run_smoke_pipeline):
+    results, table = run_smoke_pipeline(apolloscape_config)
     # 37 classes: the comparison keeps to mIoU; per-class IoUs stay in the stage reports.
     assert "mIoU" in table and "IoU noise_ignored" not in table
     assert len(results["distill"]["iou_by_class"]) == 37
-    for stage in results:
-        assert (tmp_path / "work" / stage / "eval_valid.json").exists()
-        assert 0.0 <= results[stage]["miou"] <= 1.0

@@ -7,19 +7,12 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
+from apolloscape_reference import NEW_LIST, ORIGIN_HASH
 from PIL import Image
 
 from intrakd_jax.evaluation import apolloscape as ap
 from intrakd_jax.evaluation import tta
 
-# IntRA-KD road_npy2img.py `new_list` and the colour hashes B*5+G*3+R of IntRA-KD `origin_id`
-# (DATASETS.md 3.5), typed in independently of the module's table.
-NEW_LIST = [0, 200, 204, 213, 209, 206, 207, 201, 203, 211, 208, 216, 217, 215, 218, 219, 210,
-            232, 214, 202, 220, 221, 222, 231, 224, 225, 226, 230, 228, 229, 233, 205, 212, 227,
-            223, 250, 249, 255]  # fmt: skip
-ORIGIN_HASH = [0, 1360, 580, 768, 255, 300, 680, 710, 312, 1509, 800, 1377, 880, 910, 1188, 128,
-               960, 1784, 1414, 1150, 512, 1162, 950, 750, 1575, 708, 2111, 1848, 1071, 1204,
-               892, 639, 2040, 1524, 832, 1122, 1224, 2295]  # fmt: skip
 EVAL_IDS = {0, 200, 204, 209, 201, 203, 217, 210, 214, 220, 221, 222, 224, 225, 226, 205, 227, 250}
 
 

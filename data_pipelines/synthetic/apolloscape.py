@@ -30,10 +30,8 @@ anti-aliased, so labels are learnable. Output depends only on the arguments.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -46,12 +44,14 @@ from PIL import Image
 from data_pipelines import apolloscape as reader
 from data_pipelines import apolloscape_classes as classes
 from data_pipelines.llamas import write_file_atomic
-from data_pipelines.pipeline import ProgressLogger
-from data_pipelines.synthetic import scenes
+from data_pipelines.synthetic import common, scenes
+from data_pipelines.synthetic.scenes import WHITE_PAINT, YELLOW_PAINT
 
-MARKER_FILE = "synthetic_apolloscape.json"
-IN_PROGRESS_FILE = ".synthetic_apolloscape.in_progress"
-GENERATOR_VERSION = 1
+FILES = common.GeneratorFiles("apolloscape", version=1)
+MARKER_FILE = FILES.marker_file
+IN_PROGRESS_FILE = FILES.in_progress_file
+read_marker = FILES.read_marker
+in_progress = FILES.in_progress
 LIST_FILES = dict(reader.DEFAULT_LIST_FILES)
 MIN_SCALE = 0.02
 # Ego-hood region of the official sample ground truth (full-size pixels).
@@ -69,8 +69,6 @@ _TRAIN_RECORDS = (
 _VALID_RECORDS = (("road04", "Record015"), ("road04", "Record017"))
 _TEST_RECORDS = (("road05", "Record001"), ("road05", "Record002"))
 _ROAD_DATES = {"road02": "170927", "road03": "171012", "road04": "171206", "road05": "180116"}
-_WHITE = (236.0, 236.0, 228.0)
-_YELLOW = (232.0, 196.0, 70.0)
 _ID = {label.name: label.id for label in classes.LABELS}
 
 
@@ -89,41 +87,14 @@ def generator_params(
     num_train: int = 32, num_valid: int = 8, num_test: int = 4, seed: int = 0, scale: float = 1.0
 ) -> dict:
     """Validated, canonical generator parameters (the content of ``synthetic_apolloscape.json``)."""
-    counts = {"num_train": num_train, "num_valid": num_valid, "num_test": num_test}
-    for name, n in counts.items():
-        if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {n!r}")
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    params = FILES.base_params(num_train, num_valid, num_test, seed)
     try:
         scale = float(scale)
     except (TypeError, ValueError):
         raise ValueError(f"scale must be a number in [{MIN_SCALE}, 1], got {scale!r}") from None
     if not (MIN_SCALE <= scale <= 1.0):
         raise ValueError(f"scale must be in [{MIN_SCALE}, 1] (1 = 3384 x 2710), got {scale!r}")
-    return {
-        "generator": "apolloscape",
-        "version": GENERATOR_VERSION,
-        **{k: int(v) for k, v in counts.items()},
-        "seed": int(seed),
-        "scale": scale,
-        **scaled_geometry(scale),
-        "list_files": LIST_FILES,
-    }
-
-
-def read_marker(out_dir: str | os.PathLike) -> dict | None:
-    """The parameters of a finished generation in ``out_dir``, or None."""
-    try:
-        with open(os.path.join(out_dir, MARKER_FILE), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def in_progress(out_dir: str | os.PathLike) -> bool:
-    """True if a generation into ``out_dir`` started and did not finish."""
-    return os.path.exists(os.path.join(out_dir, IN_PROGRESS_FILE))
+    return {**params, "scale": scale, **scaled_geometry(scale), "list_files": LIST_FILES}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,7 +355,7 @@ def make_frame(
 
     for k, (lateral, kind) in enumerate(zip(laterals, road["dividers"], strict=True)):
         yellow = "_y_" in kind
-        colour, alpha = _paint(rng, _YELLOW if yellow else _WHITE)
+        colour, alpha = _paint(rng, YELLOW_PAINT if yellow else WHITE_PAINT)
         width = float(rng.uniform(0.15, 0.2))
         dashed = kind.startswith("b_")
         intervals = scenes.stripe_intervals(
@@ -398,12 +369,12 @@ def make_frame(
         canvas.draw(pieces, kind, colour, alpha)
 
     if stop_z is not None:
-        colour, alpha = _paint(rng, _WHITE)
+        colour, alpha = _paint(rng, WHITE_PAINT)
         canvas.draw([_rect(laterals[0], right, stop_z, stop_z + 0.4)], "s_w_s", colour, alpha)
     if zebra:
         z0 = (stop_z + 1.5) if stop_z is not None else float(rng.uniform(6.0, 11.0))
         depth = float(rng.uniform(3.0, 4.5))
-        colour, alpha = _paint(rng, _WHITE)
+        colour, alpha = _paint(rng, WHITE_PAINT)
         stripes = []
         x = left - 1.0 + float(rng.uniform(0.0, 0.6))
         while x < right + 1.0:
@@ -417,20 +388,20 @@ def make_frame(
         z0 = float(rng.uniform(4.5, 8.0))
         if stop_z is not None:
             z0 = min(z0, stop_z - length - 0.8)
-        colour, alpha = _paint(rng, _WHITE)
+        colour, alpha = _paint(rng, WHITE_PAINT)
         for lane in lanes:
             kind = str(rng.choice(_ARROWS))
             canvas.draw(_arrow_pieces(kind, centres[lane], z0, length), kind, colour, alpha)
 
     if rng.random() < 0.15:  # speed-reduction bars across the ego lane
-        colour, alpha = _paint(rng, _WHITE)
+        colour, alpha = _paint(rng, WHITE_PAINT)
         z0 = float(rng.uniform(5.0, 9.0))
         lo, hi = laterals[ego] + 0.3, laterals[ego + 1] - 0.3
         bars = [_rect(lo, hi, z0 + 1.0 * i, z0 + 1.0 * i + 0.45) for i in range(4)]
         canvas.draw(bars, "b_n_sr", colour, alpha)
 
     if rng.random() < 0.15:  # yellow no-parking box with a cross on the right shoulder
-        colour, alpha = _paint(rng, _YELLOW)
+        colour, alpha = _paint(rng, YELLOW_PAINT)
         x0, x1 = right + 0.4, right + 2.6
         z0 = float(rng.uniform(5.0, 9.0))
         z1 = z0 + float(rng.uniform(4.0, 6.0))
@@ -445,7 +416,7 @@ def make_frame(
         ]
         canvas.draw(pieces, "r_wy_np", colour, alpha)
     elif rng.random() < 0.2:  # parking bays on the right shoulder
-        colour, alpha = _paint(rng, _WHITE)
+        colour, alpha = _paint(rng, WHITE_PAINT)
         x0, x1 = right + 0.3, right + 2.8
         z0 = float(rng.uniform(4.5, 7.0))
         pieces = [_rect(x1 - 0.15, x1, z0, z0 + 16.0)]
@@ -453,7 +424,7 @@ def make_frame(
         canvas.draw(pieces, "s_w_p", colour, alpha)
 
     if rng.random() < 0.2:  # "other" markings: glyph-like blocks in a lane
-        colour, alpha = _paint(rng, _WHITE)
+        colour, alpha = _paint(rng, WHITE_PAINT)
         c = centres[int(rng.integers(n_lanes))]
         z0 = float(rng.uniform(5.0, 10.0))
         blocks = []
@@ -464,7 +435,7 @@ def make_frame(
         canvas.draw(blocks, "om_n_n", colour, alpha)
 
     if rng.random() < 0.1:  # chevron (diverging area) stripes left of the road (ignored class)
-        colour, alpha = _paint(rng, _WHITE)
+        colour, alpha = _paint(rng, WHITE_PAINT)
         z0 = float(rng.uniform(5.0, 8.0))
         pieces = [
             np.array(
@@ -558,8 +529,7 @@ def generate_apolloscape(
     """
     params = generator_params(num_train, num_valid, num_test, seed, scale)
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    write_file_atomic(os.path.join(out_dir, IN_PROGRESS_FILE), b"")
+    FILES.start(out_dir, params)
     plans = plan_frames(num_train, num_valid, num_test, seed)
     wh = params["image_wh"]
     cameras: dict[tuple[int, ...], tuple[scenes.PinholeCamera, dict]] = {}
@@ -582,15 +552,12 @@ def generate_apolloscape(
                 os.path.join(out_dir, *p.label_rel().split("/")), encode_label_png(ids)
             )
 
-    progress = ProgressLogger("synthetic ApolloScape frames", len(plans))
-    # Frames are independent (own seeds), so threads cannot change the output.
-    with concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        for _ in pool.map(work, plans):
-            progress.update()
-    progress.finish()
+    common.map_frames(work, plans, "synthetic ApolloScape frames")
     for split, rel in LIST_FILES.items():
         text = _list_text([p for p in plans if p.split == split], split)
         write_file_atomic(os.path.join(out_dir, *rel.split("/")), text.encode())
-    write_file_atomic(os.path.join(out_dir, MARKER_FILE), json.dumps(params, indent=1).encode())
-    os.remove(os.path.join(out_dir, IN_PROGRESS_FILE))
+    FILES.finish(out_dir, params)
     logging.info("synthetic ApolloScape written to %s", out_dir)
+
+
+GENERATOR = common.Generator(FILES, generator_params, generate_apolloscape)

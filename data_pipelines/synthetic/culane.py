@@ -39,8 +39,6 @@ from the geometry stream to rebuild the lists), and the marker is written last.
 
 from __future__ import annotations
 
-import concurrent.futures
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -51,12 +49,14 @@ from absl import logging
 
 from data_pipelines import culane
 from data_pipelines.llamas import encode_png, write_file_atomic
-from data_pipelines.pipeline import ProgressLogger
-from data_pipelines.synthetic import scenes
+from data_pipelines.synthetic import common, scenes
+from data_pipelines.synthetic.scenes import WHITE_PAINT, YELLOW_PAINT
 
-MARKER_FILE = "synthetic_culane.json"
-IN_PROGRESS_FILE = ".synthetic_culane.in_progress"
-GENERATOR_VERSION = 1
+FILES = common.GeneratorFiles("culane", version=1)
+MARKER_FILE = FILES.marker_file
+IN_PROGRESS_FILE = FILES.in_progress_file
+read_marker = FILES.read_marker
+in_progress = FILES.in_progress
 TRAIN_DRIVER = "driver_23_30frame"  # train + valid (all official val frames are in driver_23)
 TEST_DRIVER = "driver_37_30frame"
 FRAME_STEP = 30  # *_30frame folders hold every 30th frame
@@ -67,8 +67,6 @@ JPEG_QUALITY = 92
 # Test-category frequencies of the real test set (DATASETS.md 1.3, unconfirmed counts); train and
 # valid frames draw their conditions with them.
 CATEGORY_COUNTS = (9621, 8113, 486, 930, 4067, 890, 422, 3122, 7029)
-_WHITE = (236.0, 236.0, 228.0)
-_YELLOW = (232.0, 196.0, 70.0)
 
 
 def generator_params(
@@ -79,16 +77,8 @@ def generator_params(
     image_wh: Sequence[int] = culane.IMAGE_WH,
 ) -> dict:
     """Validated, canonical generator parameters (the content of ``synthetic_culane.json``)."""
-    counts = {"num_train": num_train, "num_valid": num_valid, "num_test": num_test}
-    for name, n in counts.items():
-        if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {n!r}")
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    try:
-        w, h = (int(v) for v in image_wh)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_wh must be (width, height), got {image_wh!r}") from None
+    params = FILES.base_params(num_train, num_valid, num_test, seed)
+    w, h = common.image_wh_ints(image_wh)
     if w < 120:
         raise ValueError(f"image_wh must be at least 120 pixels wide, got {image_wh!r}")
     full_w, full_h = culane.IMAGE_WH
@@ -97,27 +87,7 @@ def generator_params(
             f"image_wh must keep CULane's {full_w}:{full_h} aspect (height = "
             f"{w * full_h / full_w:.1f} +- 1 for width {w}), got {image_wh!r}"
         )
-    return {
-        "generator": "culane",
-        "version": GENERATOR_VERSION,
-        **{k: int(v) for k, v in counts.items()},
-        "seed": int(seed),
-        "image_wh": [w, h],
-    }
-
-
-def read_marker(out_dir: str | os.PathLike) -> dict | None:
-    """The parameters of a finished generation in ``out_dir``, or None."""
-    try:
-        with open(os.path.join(out_dir, MARKER_FILE), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def in_progress(out_dir: str | os.PathLike) -> bool:
-    """True if a generation into ``out_dir`` started and did not finish."""
-    return os.path.exists(os.path.join(out_dir, IN_PROGRESS_FILE))
+    return {**params, "image_wh": [w, h]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +247,7 @@ def draw_frame(
                 _ground_quad(camera, curve, lat - width_m / 2, lat + width_m / 2, z0, z1)
                 for z0, z1 in intervals
             ]
-            colour = _YELLOW if (k == 0 and road["left_edge_yellow"]) else _WHITE
+            colour = YELLOW_PAINT if (k == 0 and road["left_edge_yellow"]) else WHITE_PAINT
             colour = tuple(c * float(rng.uniform(0.85, 1.0)) for c in colour)
             scenes.paint_polygons(img, polys, colour, alpha=float(rng.uniform(*alpha_range)))
     centre = (laterals[plan["ego"]] + laterals[plan["ego"] + 1]) / 2.0
@@ -290,7 +260,7 @@ def draw_frame(
                 for d, z in ((-0.35, z0 + 3.0), (0.35, z0 + 3.0), (0.0, z0 + 4.5))
             ]
         )
-        scenes.paint_polygons(img, [shaft, np.round(head).astype(np.int32)], _WHITE, alpha=0.9)
+        scenes.paint_polygons(img, [shaft, np.round(head).astype(np.int32)], WHITE_PAINT, alpha=0.9)
     if category == "cross":
         zc = float(rng.uniform(9.0, 16.0))
         stripes = []
@@ -299,7 +269,9 @@ def draw_frame(
             stripes.append(_ground_quad(camera, curve, lat, lat + 0.5, zc, zc + 3.5))
             lat += 1.0
         stop = _ground_quad(camera, curve, laterals[0], laterals[-1], zc - 1.6, zc - 1.2)
-        scenes.paint_polygons(img, [*stripes, stop], _WHITE, alpha=float(rng.uniform(0.7, 0.95)))
+        scenes.paint_polygons(
+            img, [*stripes, stop], WHITE_PAINT, alpha=float(rng.uniform(0.7, 0.95))
+        )
 
     lane_centres = [(k - plan["ego"]) * lane_w + centre for k in range(road["n_lanes"])]
     shadows = {"shadow": int(rng.integers(3, 6))}.get(category, int(rng.choice(2, p=[0.6, 0.4])))
@@ -401,20 +373,13 @@ def generate_culane(
         if existing == params:
             return
         raise ValueError(f"{out_dir} holds a synthetic CULane generated with {existing}")
-    progress_path = os.path.join(out_dir, IN_PROGRESS_FILE)
-    if os.path.exists(progress_path):
-        try:
-            with open(progress_path, encoding="utf-8") as f:
-                started = json.load(f)
-        except ValueError:
-            started = None
-        if started is not None and started != params:
-            raise ValueError(
-                f"{out_dir} holds an unfinished synthetic CULane generation with {started}; "
-                f"delete the folder to generate {params}"
-            )
-    os.makedirs(out_dir, exist_ok=True)
-    write_file_atomic(progress_path, json.dumps(params).encode())
+    started = FILES.started_with(out_dir)
+    if started is not None and started != params:
+        raise ValueError(
+            f"{out_dir} holds an unfinished synthetic CULane generation with {started}; "
+            f"delete the folder to generate {params}"
+        )
+    FILES.start(out_dir, params)
     w, h = params["image_wh"]
     counts = {"train": num_train, "valid": num_valid, "test": num_test}
     weights = np.asarray(CATEGORY_COUNTS, np.float64) / sum(CATEGORY_COUNTS)
@@ -461,16 +426,13 @@ def generate_culane(
         write_file_atomic(paths[1], culane.format_lines(plan["lanes"]).encode("ascii"))
         return rel, category, exist
 
-    progress = ProgressLogger("synthetic CULane frames", len(tasks))
     rows: dict[str, list] = {split: [] for split in counts}
-    # Frames are independent (own seeds), so threads cannot change the output; numpy, OpenCV
-    # and file writes release the GIL for most of the work.
-    with concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        for task, row in zip(tasks, pool.map(work, tasks), strict=True):
-            rows[task[0]].append(row)
-            progress.update()
-    progress.finish()
+    frame_rows = common.map_frames(work, tasks, "synthetic CULane frames")
+    for task, row in zip(tasks, frame_rows, strict=True):
+        rows[task[0]].append(row)
     _write_lists(out_dir, rows)
-    write_file_atomic(os.path.join(out_dir, MARKER_FILE), json.dumps(params, indent=1).encode())
-    os.remove(progress_path)
+    FILES.finish(out_dir, params)
     logging.info("synthetic CULane written to %s", out_dir)
+
+
+GENERATOR = common.Generator(FILES, generator_params, generate_culane)

@@ -23,7 +23,6 @@ Output depends only on ``(seed, split, recording, frame)``: generation is determ
 from __future__ import annotations
 
 import calendar
-import concurrent.futures
 import datetime
 import json
 import os
@@ -34,18 +33,18 @@ import numpy as np
 from absl import logging
 
 from data_pipelines import llamas
-from data_pipelines.pipeline import ProgressLogger
-from data_pipelines.synthetic import scenes
+from data_pipelines.synthetic import common, scenes
+from data_pipelines.synthetic.scenes import WHITE_PAINT, YELLOW_PAINT
 
-MARKER_FILE = "synthetic_llamas.json"
-IN_PROGRESS_FILE = ".synthetic_llamas.in_progress"
-GENERATOR_VERSION = 1
+FILES = common.GeneratorFiles("llamas", version=1)
+MARKER_FILE = FILES.marker_file
+IN_PROGRESS_FILE = FILES.in_progress_file
+read_marker = FILES.read_marker
+in_progress = FILES.in_progress
 MIN_LANE_HEIGHT = 20  # official read_json default
 
 _ROADS = ("280S", "280N", "101N", "101S", "85N", "85S", "17S", "237E")
 _ORDINALS = ("1st", "2nd", "3rd", "4th")
-_WHITE = (236.0, 236.0, 228.0)
-_YELLOW = (232.0, 196.0, 70.0)
 
 
 def generator_params(
@@ -56,39 +55,11 @@ def generator_params(
     image_wh: Sequence[int] = llamas.IMAGE_WH,
 ) -> dict:
     """Validated, canonical generator parameters (the content of ``synthetic_llamas.json``)."""
-    counts = {"num_train": num_train, "num_valid": num_valid, "num_test": num_test}
-    for name, n in counts.items():
-        if not isinstance(n, int | np.integer) or n < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {n!r}")
-    if not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    try:
-        w, h = (int(v) for v in image_wh)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_wh must be (width, height), got {image_wh!r}") from None
+    params = FILES.base_params(num_train, num_valid, num_test, seed)
+    w, h = common.image_wh_ints(image_wh)
     if w < 64 or h < 48:
         raise ValueError(f"image_wh must be at least (64, 48) to hold lanes, got {image_wh!r}")
-    return {
-        "generator": "llamas",
-        "version": GENERATOR_VERSION,
-        **{k: int(v) for k, v in counts.items()},
-        "seed": int(seed),
-        "image_wh": [w, h],
-    }
-
-
-def read_marker(out_dir: str | os.PathLike) -> dict | None:
-    """The parameters of a finished generation in ``out_dir``, or None."""
-    try:
-        with open(os.path.join(out_dir, MARKER_FILE), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def in_progress(out_dir: str | os.PathLike) -> bool:
-    """True if a generation into ``out_dir`` started and did not finish."""
-    return os.path.exists(os.path.join(out_dir, IN_PROGRESS_FILE))
+    return {**params, "image_wh": [w, h]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,7 +202,7 @@ def make_frame(
         markers = _lane_markers(p, camera, curve, lateral, intervals)
         if not lane_meets_official_constraints(markers, h):
             continue  # neither labelled nor painted, so image and label agree
-        colour = _YELLOW if (k == 0 and road["left_edge_yellow"]) else _WHITE
+        colour = YELLOW_PAINT if (k == 0 and road["left_edge_yellow"]) else WHITE_PAINT
         colour = tuple(c * float(rng.uniform(0.85, 1.0)) for c in colour)
         polys = [
             q
@@ -324,8 +295,7 @@ def generate_llamas(
     """
     params = generator_params(num_train, num_valid, num_test, seed, image_wh)
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    llamas.write_file_atomic(os.path.join(out_dir, IN_PROGRESS_FILE), b"")
+    FILES.start(out_dir, params)
     counts = {"train": num_train, "valid": num_valid, "test": num_test}
     w, h = params["image_wh"]
     tasks = []
@@ -350,17 +320,8 @@ def generate_llamas(
         rgb, label = make_frame(np.random.default_rng(frame_seed), camera, road)
         _write_frame(out_dir, split, rec, ts, rgb, label)
 
-    progress = ProgressLogger("synthetic LLAMAS frames", len(tasks))
-    # Frames are independent (own seeds), so threads cannot change the output; numpy, OpenCV
-    # and file writes release the GIL for most of the work.
-    with concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        for _ in pool.map(work, tasks):
-            progress.update()
-    progress.finish()
-    llamas.write_file_atomic(
-        os.path.join(out_dir, MARKER_FILE), json.dumps(params, indent=1).encode()
-    )
-    os.remove(os.path.join(out_dir, IN_PROGRESS_FILE))
+    common.map_frames(work, tasks, "synthetic LLAMAS frames")
+    FILES.finish(out_dir, params)
     logging.info("synthetic LLAMAS written to %s", out_dir)
 
 
@@ -379,3 +340,6 @@ def _write_frame(out_dir: str, split: str, rec: str, ts: str, rgb: np.ndarray, l
     doc = {"image_name": f"{split}/{rec}/{ts}{llamas.COLOR_SUFFIX}", **label}
     label_path = os.path.join(out_dir, "labels", split, rec, ts + ".json")
     llamas.write_file_atomic(label_path, json.dumps(doc, indent=1).encode())
+
+
+GENERATOR = common.Generator(FILES, generator_params, generate_llamas)

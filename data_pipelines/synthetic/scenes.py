@@ -17,6 +17,10 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+# Road paint colours (RGB, 0..255) of every generator's markings.
+WHITE_PAINT = (236.0, 236.0, 228.0)
+YELLOW_PAINT = (232.0, 196.0, 70.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class PinholeCamera:
