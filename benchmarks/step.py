@@ -2,11 +2,21 @@
 
   python benchmarks/step.py --config=configs/llamas.py:synthetic
   python benchmarks/step.py --config=configs/llamas.py --batch=4 --steps=5
+  python benchmarks/step.py --vs-torch --size culane --batch 4
 
 Runs on random data of the config's input size (no dataset needed) on all visible devices:
   1. the full jitted distill step (teacher forward, student forward/backward, CE + IntRA-KD, SGD);
   2. the IntRA-KD loss and its gradient alone, on taps of the shapes the step produces.
 The loss share is time(2) / time(1). Medians over --steps timed runs after one warm-up.
+
+With --vs-torch the official networks (ERFNet (16, 64, 128) student, PSPNet on a dilated
+ResNet-101 teacher) run at a dataset's training size (culane 208x976, 5 classes; apolloscape
+496x1488, 37 classes) in JAX and in the eager PyTorch reference (benchmarks/torch_reference.py,
+needs torch: benchmarks/requirements.txt), on the same shapes and thread count, for the distill
+step, the student-only (CE) step and student inference. Runs alternate JAX / PyTorch, --steps
+rounds after a warm-up of each; the last line is
+  ratios: distill=<x> student=<y> inference=<z> loss_share=<s>
+(JAX images/s over PyTorch images/s, and the IntRA-KD loss+grad time over the JAX distill step).
 """
 
 import os
@@ -28,8 +38,28 @@ from intrakd_jax.losses.intra_kd import multi_tap_intra_kd_loss  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/llamas.py:synthetic", "config file")
 _BATCH = flags.DEFINE_integer("batch", None, "global batch (default: config.batch_size)")
-_STEPS = flags.DEFINE_integer("steps", 5, "timed runs")
+_STEPS = flags.DEFINE_integer("steps", 5, "timed runs (with --vs-torch: alternating rounds)")
+_VS_TORCH = flags.DEFINE_bool("vs-torch", False, "compare with the eager PyTorch reference")
+_SIZE = flags.DEFINE_enum("size", "culane", ["culane", "apolloscape"], "--vs-torch input size")
+_CONV_IMPL = flags.DEFINE_enum(
+    "conv-impl",
+    "fast",
+    ["fast", "xla"],
+    "--vs-torch: JAX convolution gradients (models' conv_impl)",
+)
+_LAYERS = flags.DEFINE_bool(
+    "layers", False, "per-layer table: forward and backward of each conv layer shape, xla vs fast"
+)
+_MODES = flags.DEFINE_list(
+    "modes", ["distill", "student", "inference"], "--vs-torch: which steps to time"
+)
 NUM_CLASSES = {"llamas": 5}
+
+# --vs-torch sizes: (input (H, W), class weights); ignore label 255 in both.
+VS_TORCH_SIZES = {
+    "culane": ((208, 976), (0.4, 1.0, 1.0, 1.0, 1.0)),
+    "apolloscape": ((496, 1488), (0.05,) + (1.0,) * 35 + (0.05,)),
+}
 
 
 def _median_seconds(fn, runs: int) -> float:
@@ -100,10 +130,12 @@ def main(_):
         for k, v in t_taps.items()
     }
     labels = batch["label"]
+    # Teacher taps and labels are arguments, not closed-over constants: XLA would otherwise fold
+    # the teacher half of the loss at compile time and leave it out of the timing.
     loss_grad = jax.jit(
-        jax.value_and_grad(lambda s: multi_tap_intra_kd_loss(s, t_feats, labels, n, taps))
+        jax.value_and_grad(lambda s, t, y: multi_tap_intra_kd_loss(s, t, y, n, taps))
     )
-    t_loss = _median_seconds(lambda: loss_grad(s_feats), _STEPS.value)
+    t_loss = _median_seconds(lambda: loss_grad(s_feats, t_feats, labels), _STEPS.value)
     print(
         f"devices: {mesh.devices.size} x {jax.devices()[0].platform}; input {hw}; batch "
         f"{batch_size}; student {c.student.model} {dict(c.student.model_kwargs)}; teacher "
@@ -113,5 +145,318 @@ def main(_):
     print(f"IntRA-KD loss+grad: {t_loss * 1e3:.2f} ms  ->  loss share {t_loss / t_step:.3f}")
 
 
+def _block_seconds(fn, *args) -> float:
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t
+
+
+def _seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _vs_torch_jax(size: str, batch_size: int, conv_impl: str):
+    """JAX side: {mode: callable that runs one blocking step}, and the loss+grad callable."""
+    from intrakd_jax import models
+
+    hw, class_weights = VS_TORCH_SIZES[size]
+    n = len(class_weights)
+    mesh = parallel.make_data_mesh(1)
+    base = get_config_defaults()
+    s_kw = {k: train._tuplify(v) for k, v in dict(base.student.model_kwargs).items()}
+    t_kw = {k: train._tuplify(v) for k, v in dict(base.teacher.model_kwargs).items()}
+    student = models.get_model(
+        "erfnet", num_classes=n, bn_axis_name=parallel.DATA_AXIS, conv_impl=conv_impl, **s_kw
+    )
+    eval_student = models.get_model("erfnet", num_classes=n, conv_impl=conv_impl, **s_kw)
+    teacher = models.get_model("pspnet", num_classes=n, conv_impl=conv_impl, **t_kw)
+    dummy = jnp.zeros((1, *hw, 3))
+    rep = parallel.replicated(mesh)
+    taps = tuple((s, t, w) for s, t, w in base.distill.taps)
+    tvars = steps.run_once(lambda k: teacher.init(k, dummy), jax.random.key(1), out_shardings=rep)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, n, size=(batch_size, *hw)).astype(np.int32)
+    labels[:, : hw[0] // 10] = 255  # some ignore pixels, as in real labels
+    batch = parallel.to_global(
+        {"image": rng.normal(size=(batch_size, *hw, 3)).astype(np.float32), "label": labels},
+        mesh,
+    )
+    settings = steps.DistillSettings(weight=base.distill.weight, taps=taps)
+    runners = {}
+    for mode in ("distill", "student"):
+        params = jax.eval_shape(lambda: eval_student.init(jax.random.key(0), dummy))["params"]
+        tx = optim.make_optimizer(params, base.student.learning_rate, base.student.num_train_steps)
+        state = steps.run_once(
+            lambda k, tx=tx: steps.create_train_state(eval_student, tx, k, hw),
+            jax.random.key(0),
+            out_shardings=rep,
+        )
+        distill = mode == "distill"
+        step = steps.make_train_step(
+            student,
+            tx,
+            mesh,
+            n,
+            class_weights,
+            teacher=teacher if distill else None,
+            distill=settings if distill else None,
+        )
+        holder = {"state": state}
+
+        def run(step=step, holder=holder, tv=tvars if distill else {}):
+            holder["state"], metrics = step(holder["state"], tv, batch)
+            jax.block_until_ready(metrics)
+
+        runners[mode] = run
+    svars = steps.run_once(lambda k: eval_student.init(k, dummy), jax.random.key(0))
+    infer = jax.jit(lambda v, x: eval_student.apply(v, x)[0])
+    runners["inference"] = lambda: jax.block_until_ready(infer(svars, batch["image"]))
+
+    s_taps = jax.eval_shape(lambda: eval_student.apply(svars, dummy))[1]
+    t_taps = jax.eval_shape(lambda: teacher.apply(tvars, dummy))[1]
+    feats = {
+        side: {
+            k: jnp.asarray(rng.normal(size=(batch_size, *v.shape[1:])), jnp.float32)
+            for k, v in shapes.items()
+        }
+        for side, shapes in (("s", s_taps), ("t", t_taps))
+    }
+    # Teacher taps and labels as arguments so that XLA cannot constant-fold the teacher half.
+    loss_grad = jax.jit(
+        jax.value_and_grad(lambda s, t, y: multi_tap_intra_kd_loss(s, t, y, n, taps))
+    )
+    return runners, lambda: jax.block_until_ready(loss_grad(feats["s"], feats["t"], batch["label"]))
+
+
+def get_config_defaults():
+    """The default experiment settings (model widths, distillation taps and weight, SGD)."""
+    from configs import default
+
+    return default.get_base_config()
+
+
+def _vs_torch_torch(size: str, batch_size: int):
+    """PyTorch side: {mode: callable that runs one step}."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch_reference as tr
+
+    hw, class_weights = VS_TORCH_SIZES[size]
+    n = len(class_weights)
+    base = get_config_defaults()
+    s_kw = dict(base.student.model_kwargs)
+    t_kw = {k: v for k, v in dict(base.teacher.model_kwargs).items() if k != "deep_stem"}
+    if base.teacher.model_kwargs.deep_stem:
+        raise ValueError("torch_reference.PSPNet has the 7x7 stem only (deep_stem=False)")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.normal(size=(batch_size, 3, *hw)).astype(np.float32))
+    labels_np = rng.integers(0, n, size=(batch_size, *hw)).astype(np.int64)
+    labels_np[:, : hw[0] // 10] = 255
+    labels = torch.from_numpy(labels_np)
+    teacher = tr.PSPNet(n, **t_kw)
+    taps = tuple((s, t, w) for s, t, w in base.distill.taps)
+    common = dict(
+        class_weights=class_weights,
+        learning_rate=base.student.learning_rate,
+        num_steps=base.student.num_train_steps,
+        momentum=base.optim.momentum,
+        weight_decay=base.optim.weight_decay,
+        poly_power=base.optim.poly_power,
+    )
+    distill = tr.Trainer(
+        tr.ERFNet(n, **s_kw), teacher=teacher, taps=taps, kd_weight=base.distill.weight, **common
+    )
+    student = tr.Trainer(tr.ERFNet(n, **s_kw), **common)
+    infer = tr.make_inference(tr.ERFNet(n, **s_kw))
+    return {
+        "distill": lambda: distill.step(images, labels),
+        "student": lambda: student.step(images, labels),
+        "inference": lambda: infer(images),
+    }
+
+
+def vs_torch(size: str, batch_size: int, rounds: int, conv_impl: str, modes: list[str]) -> None:
+    """Times JAX against the PyTorch reference, alternating, and prints the ratios line."""
+    import torch
+
+    unknown = sorted(set(modes) - {"distill", "student", "inference"})
+    if unknown:
+        raise ValueError(f"--modes: unknown {unknown}; expected distill, student, inference")
+    # XLA:CPU runs ops on an intra-op pool with one thread per core this process may use.
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    jax_runs, loss_grad = _vs_torch_jax(size, batch_size, conv_impl)
+    torch_runs = _vs_torch_torch(size, batch_size)
+    times = {(fw, m): [] for fw in ("jax", "torch") for m in modes}
+    for mode in modes:  # warm-up (compilation, allocator, oneDNN primitive caches)
+        jax_runs[mode]()
+        torch_runs[mode]()
+    for r in range(rounds):
+        # Alternate which framework goes first so drifting machine load hits both alike.
+        order = (("jax", jax_runs), ("torch", torch_runs))
+        for mode in modes:
+            for fw, runs in order if r % 2 == 0 else order[::-1]:
+                times[(fw, mode)].append(_seconds(runs[mode]))
+        print(
+            f"round {r + 1}/{rounds}: "
+            + "  ".join(f"{fw}/{m} {times[(fw, m)][-1] * 1e3:.0f} ms" for fw, m in times),
+            flush=True,
+        )
+    loss_grad()
+    t_loss = float(np.median([_seconds(loss_grad) for _ in range(max(rounds, 3))]))
+    hw = VS_TORCH_SIZES[size][0]
+    print(
+        f"size {size} {hw[0]}x{hw[1]}, batch {batch_size}, {threads} threads, jax "
+        f"{jax.__version__} (conv_impl={conv_impl}), torch {torch.__version__}, medians of "
+        f"{rounds} alternating rounds"
+    )
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    for mode in modes:
+        tj, tt = med[("jax", mode)], med[("torch", mode)]
+        print(
+            f"{mode:9s}  jax {tj * 1e3:8.1f} ms ({batch_size / tj:6.2f} img/s)   torch "
+            f"{tt * 1e3:8.1f} ms ({batch_size / tt:6.2f} img/s)   ratio {tt / tj:.2f}"
+        )
+    ratio = {m: f"{med[('torch', m)] / med[('jax', m)]:.2f}" for m in modes}
+    share = f"{t_loss / med[('jax', 'distill')]:.4f}" if "distill" in modes else "nan"
+    print(f"IntRA-KD loss+grad: {t_loss * 1e3:.1f} ms")
+    print(
+        f"ratios: distill={ratio.get('distill', 'nan')} student={ratio.get('student', 'nan')} "
+        f"inference={ratio.get('inference', 'nan')} loss_share={share}"
+    )
+
+
+def _layer_cases(size: str, batch: int, num_classes: int) -> list[tuple]:
+    """ERFNet's convolution, transposed convolution and pooling shapes at a dataset size."""
+    h, w = VS_TORCH_SIZES[size][0]
+    same1 = ((1, 1), (0, 0))
+    return [
+        ("conv 3x3/2 3->13 (initial)", (batch, h, w, 3), "conv", (3, 3, 3, 13), 2, 1, 1),
+        ("conv 3x3/2 16->48", (batch, h // 2, w // 2, 16), "conv", (3, 3, 16, 48), 2, 1, 1),
+        ("conv 3x1 64 (1/4)", (batch, h // 4, w // 4, 64), "conv", (3, 1, 64, 64), 1, same1, 1),
+        ("conv 1x3 64 (1/4)", (batch, h // 4, w // 4, 64), "conv", (1, 3, 64, 64), 1, 0, 1),
+        ("conv 3x3/2 64->64", (batch, h // 4, w // 4, 64), "conv", (3, 3, 64, 64), 2, 1, 1),
+        ("conv 3x1 128 (1/8)", (batch, h // 8, w // 8, 128), "conv", (3, 1, 128, 128), 1, same1, 1),
+        (
+            "conv 3x1 128 dil 4",
+            (batch, h // 8, w // 8, 128),
+            "conv",
+            (3, 1, 128, 128),
+            1,
+            ((4, 4), (0, 0)),
+            (4, 1),
+        ),
+        (
+            "conv 1x3 128 dil 16",
+            (batch, h // 8, w // 8, 128),
+            "conv",
+            (1, 3, 128, 128),
+            1,
+            ((0, 0), (16, 16)),
+            (1, 16),
+        ),
+        ("conv 3x1 16 (1/2)", (batch, h // 2, w // 2, 16), "conv", (3, 1, 16, 16), 1, same1, 1),
+        ("deconv 3x3/2 128->64", (batch, h // 8, w // 8, 128), "deconv", (3, 3, 64, 128), 2, 1, 1),
+        ("deconv 3x3/2 64->16", (batch, h // 4, w // 4, 64), "deconv", (3, 3, 16, 64), 2, 1, 1),
+        (
+            f"deconv 2x2/2 16->{num_classes}",
+            (batch, h // 2, w // 2, 16),
+            "deconv",
+            (2, 2, num_classes, 16),
+            2,
+            0,
+            0,
+        ),
+        ("maxpool 2x2 3ch", (batch, h, w, 3), "pool", None, 2, 0, 1),
+        ("maxpool 2x2 16ch", (batch, h // 2, w // 2, 16), "pool", None, 2, 0, 1),
+        ("maxpool 2x2 64ch", (batch, h // 4, w // 4, 64), "pool", None, 2, 0, 1),
+        (
+            "conv 1x1 2048->512 (teacher)",
+            (batch, h // 8, w // 8, 2048),
+            "conv",
+            (1, 1, 2048, 512),
+            1,
+            0,
+            1,
+        ),
+        (
+            "conv 3x3 4096->512 (teacher)",
+            (batch, h // 8, w // 8, 4096),
+            "conv",
+            (3, 3, 4096, 512),
+            1,
+            1,
+            1,
+        ),
+    ]
+
+
+def layer_table(size: str, batch_size: int, rounds: int) -> None:
+    """Prints forward and forward+backward times per layer shape for conv_impl xla and fast.
+
+    Forward + backward is ``jax.vjp`` and its pullback in one jitted function (dX and dW; for
+    pooling dX). Rounds alternate the two implementations; medians.
+    """
+    from intrakd_jax.models import conv as conv_lib
+    from intrakd_jax.models.erfnet import torch_conv_transpose_padding
+
+    n = len(VS_TORCH_SIZES[size][1])
+    rng = np.random.default_rng(0)
+    print(f"size {size}, batch {batch_size}, medians of {rounds} alternating rounds (ms)")
+    print(
+        f"{'layer':32s} {'xla fwd':>8s} {'xla f+b':>8s} {'fast fwd':>9s} {'fast f+b':>9s}"
+        "  f+b speedup"
+    )
+    for name, x_shape, kind, k_shape, stride, pad, extra in _layer_cases(size, batch_size, n):
+        x = jnp.asarray(np.maximum(rng.normal(size=x_shape), 0.0), jnp.float32)
+        k = None if k_shape is None else jnp.asarray(rng.normal(size=k_shape) * 0.05, jnp.float32)
+
+        def make(impl, kind=kind, k_shape=k_shape, stride=stride, pad=pad, extra=extra):
+            if kind == "conv":
+                pads = pad if isinstance(pad, tuple) else ((pad, pad), (pad, pad))
+                return lambda a, b: conv_lib.conv2d(a, b, stride, pads, extra, impl)
+            if kind == "deconv":
+                lo_hi = torch_conv_transpose_padding(k_shape[0], pad, extra)
+                return lambda a, b: conv_lib.conv_transpose2d(
+                    a, b, stride, (lo_hi, lo_hi), True, impl
+                )
+            return lambda a, b: conv_lib.max_pool(a, (2, 2), impl=impl)
+
+        fns = {}
+        for impl in ("xla", "fast"):
+            f = make(impl)
+            fwd = jax.jit(f)
+            g = jnp.ones(jax.eval_shape(f, x, k).shape, jnp.float32)
+            fwd_bwd = jax.jit(lambda a, b, g_, f=f: jax.vjp(f, a, b)[1](g_))
+            jax.block_until_ready((fwd(x, k), fwd_bwd(x, k, g)))
+            fns[impl] = (fwd, fwd_bwd, g)
+        times = {impl: ([], []) for impl in fns}
+        for r in range(rounds):
+            for impl in ("xla", "fast") if r % 2 == 0 else ("fast", "xla"):
+                fwd, fwd_bwd, g = fns[impl]
+                times[impl][0].append(_block_seconds(fwd, x, k))
+                times[impl][1].append(_block_seconds(fwd_bwd, x, k, g))
+        med = {impl: [float(np.median(t)) * 1e3 for t in ts] for impl, ts in times.items()}
+        print(
+            f"{name:32s} {med['xla'][0]:8.1f} {med['xla'][1]:8.1f} {med['fast'][0]:9.1f} "
+            f"{med['fast'][1]:9.1f}  {med['xla'][1] / med['fast'][1]:6.2f}x",
+            flush=True,
+        )
+
+
+def _entry(argv):
+    if _LAYERS.value:
+        layer_table(_SIZE.value, _BATCH.value or 4, _STEPS.value)
+    elif _VS_TORCH.value:
+        hw_batch = _BATCH.value or 4
+        vs_torch(_SIZE.value, hw_batch, _STEPS.value, _CONV_IMPL.value, _MODES.value)
+    else:
+        main(argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(_entry)

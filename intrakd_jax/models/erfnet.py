@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from intrakd_jax.models.conv import Conv, ConvImpl, ConvTranspose, check_conv_impl, max_pool
 from intrakd_jax.models.layers import batch_norm
 
 # PyTorch's default conv init (kaiming_uniform, a=sqrt(5)) is uniform with variance 1/(3 fan_in).
@@ -61,9 +62,10 @@ def torch_conv_transpose_2d(
     stride: int,
     padding: int = 0,
     output_padding: int = 0,
+    impl: ConvImpl = "fast",
     **kwargs: Any,
-) -> nn.ConvTranspose:
-    """A Flax ``ConvTranspose`` with PyTorch ``ConvTranspose2d`` semantics (NHWC).
+) -> ConvTranspose:
+    """A transposed convolution with PyTorch ``ConvTranspose2d`` semantics (NHWC).
 
     Output size per axis is ``(n - 1) * stride - 2 * padding + kernel_size + output_padding``.
     The kernel has shape (kh, kw, out, in): PyTorch weights (in, out, kh, kw) map to it by
@@ -75,19 +77,22 @@ def torch_conv_transpose_2d(
       stride: Stride along both axes.
       padding: PyTorch ``padding``.
       output_padding: PyTorch ``output_padding``.
-      **kwargs: Passed to ``nn.ConvTranspose`` (``name``, ``dtype``, ``use_bias``, inits).
+      impl: "fast" (no inserted zeros, CPU-tuned gradients; ``models.conv``) or "xla"
+        (``lax.conv_transpose``); the parameters are those of ``nn.ConvTranspose`` either way.
+      **kwargs: Passed to ``conv.ConvTranspose`` (``name``, ``dtype``, ``use_bias``, inits).
 
     Returns:
       The configured (unbound) module.
     """
     pad = torch_conv_transpose_padding(kernel_size, padding, output_padding)
     kwargs.setdefault("kernel_init", _TORCH_DEFAULT_INIT)
-    return nn.ConvTranspose(
+    return ConvTranspose(
         features,
         (kernel_size, kernel_size),
         strides=(stride, stride),
         padding=(pad, pad),
         transpose_kernel=True,
+        impl=impl,
         **kwargs,
     )
 
@@ -98,6 +103,7 @@ class DownsamplerBlock(nn.Module):
     out_channels: int
     norm: Any
     dtype: Any = jnp.float32
+    conv_impl: ConvImpl = "fast"
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray) -> jnp.ndarray:
@@ -108,16 +114,17 @@ class DownsamplerBlock(nn.Module):
                 f"DownsamplerBlock: out_channels={self.out_channels} must exceed the input "
                 f"channels ({in_channels}) because the max-pooled input is concatenated"
             )
-        conv = nn.Conv(
+        conv = Conv(
             self.out_channels - in_channels,
             (3, 3),
             strides=(2, 2),
             padding=((1, 1), (1, 1)),
             dtype=self.dtype,
             kernel_init=_TORCH_DEFAULT_INIT,
+            impl=self.conv_impl,
             name="conv",
         )(x_bhwc)
-        pooled = nn.max_pool(x_bhwc, (2, 2), strides=(2, 2), padding="VALID")
+        pooled = max_pool(x_bhwc, (2, 2), strides=(2, 2), padding="VALID", impl=self.conv_impl)
         # Order (conv, pool) matches torch.cat([conv, pool], 1), which matters for BN channels.
         y = jnp.concatenate([conv, pooled], axis=-1)
         return nn.relu(self.norm(name="bn")(y))
@@ -130,13 +137,16 @@ class NonBottleneck1d(nn.Module):
     dilation: int
     norm: Any
     dtype: Any = jnp.float32
+    conv_impl: ConvImpl = "fast"
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray, train: bool) -> jnp.ndarray:
         """Applies the block; shape-preserving."""
         c = x_bhwc.shape[-1]
         d = self.dilation
-        conv = functools.partial(nn.Conv, c, dtype=self.dtype, kernel_init=_TORCH_DEFAULT_INIT)
+        conv = functools.partial(
+            Conv, c, dtype=self.dtype, kernel_init=_TORCH_DEFAULT_INIT, impl=self.conv_impl
+        )
         y = conv((3, 1), padding=((1, 1), (0, 0)), name="conv3x1_1")(x_bhwc)
         y = nn.relu(y)
         y = conv((1, 3), padding=((0, 0), (1, 1)), name="conv1x3_1")(y)
@@ -156,6 +166,7 @@ class UpsamplerBlock(nn.Module):
     out_channels: int
     norm: Any
     dtype: Any = jnp.float32
+    conv_impl: ConvImpl = "fast"
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray) -> jnp.ndarray:
@@ -166,6 +177,7 @@ class UpsamplerBlock(nn.Module):
             stride=2,
             padding=1,
             output_padding=1,
+            impl=self.conv_impl,
             dtype=self.dtype,
             name="conv",
         )(x_bhwc)
@@ -183,12 +195,13 @@ class ERFNetEncoder(nn.Module):
     stage2_dropout: float
     norm: Any
     dtype: Any = jnp.float32
+    conv_impl: ConvImpl = "fast"
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray, train: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Returns ``(encoder_bhwc (1/8, c2), stage1_bhwc (1/4, c1))``."""
         c0, c1, c2 = self.channels
-        kw = dict(norm=self.norm, dtype=self.dtype)
+        kw = dict(norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl)
         x = DownsamplerBlock(c0, name="initial_block", **kw)(x_bhwc)
         idx = 0
 
@@ -215,12 +228,13 @@ class ERFNetDecoder(nn.Module):
     num_classes: int
     norm: Any
     dtype: Any = jnp.float32
+    conv_impl: ConvImpl = "fast"
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray, train: bool) -> jnp.ndarray:
         """Maps 1/8 features to full-resolution logits (compute dtype)."""
         c0, c1, _ = self.channels
-        kw = dict(norm=self.norm, dtype=self.dtype)
+        kw = dict(norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl)
         x = UpsamplerBlock(c1, name="layers_0", **kw)(x_bhwc)
         x = NonBottleneck1d(0.0, 1, name="layers_1", **kw)(x, train)
         x = NonBottleneck1d(0.0, 1, name="layers_2", **kw)(x, train)
@@ -228,7 +242,12 @@ class ERFNetDecoder(nn.Module):
         x = NonBottleneck1d(0.0, 1, name="layers_4", **kw)(x, train)
         x = NonBottleneck1d(0.0, 1, name="layers_5", **kw)(x, train)
         return torch_conv_transpose_2d(
-            self.num_classes, kernel_size=2, stride=2, dtype=self.dtype, name="output_conv"
+            self.num_classes,
+            kernel_size=2,
+            stride=2,
+            impl=self.conv_impl,
+            dtype=self.dtype,
+            name="output_conv",
         )(x)
 
 
@@ -252,6 +271,9 @@ class ERFNet(nn.Module):
       stage2_dilations: Dilations of one group at 1/8 resolution.
       stage1_dropout: Channel dropout rate of the 1/4 blocks (Romera et al.: 0.03).
       stage2_dropout: Channel dropout rate of the 1/8 blocks (Romera et al.: 0.3).
+      conv_impl: "fast" (default): convolutions, transposed convolutions and max pooling with
+        CPU-tuned gradients (``models.conv``; plain XLA gradients on other backends); "xla":
+        Flax's ``nn.Conv`` / ``nn.ConvTranspose`` / ``nn.max_pool`` computation. Same parameters.
     """
 
     num_classes: int
@@ -265,6 +287,7 @@ class ERFNet(nn.Module):
     stage2_dilations: tuple[int, ...] = (2, 4, 8, 16)
     stage1_dropout: float = 0.03
     stage2_dropout: float = 0.3
+    conv_impl: ConvImpl = "fast"
 
     def __post_init__(self) -> None:
         _check_positive_int("ERFNet.num_classes", self.num_classes)
@@ -284,6 +307,7 @@ class ERFNet(nn.Module):
             rate = getattr(self, field)
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"ERFNet.{field} must be in [0, 1), got {rate!r}")
+        check_conv_impl("ERFNet.conv_impl", self.conv_impl)
         super().__post_init__()
 
     @nn.compact
@@ -317,11 +341,12 @@ class ERFNet(nn.Module):
             stage2_dropout=self.stage2_dropout,
             norm=norm,
             dtype=self.dtype,
+            conv_impl=self.conv_impl,
             name="encoder",
         )(x_bhwc, train)
-        logits_bhwk = ERFNetDecoder(chans, self.num_classes, norm, self.dtype, name="decoder")(
-            encoder_bhwc, train
-        )
+        logits_bhwk = ERFNetDecoder(
+            chans, self.num_classes, norm, self.dtype, self.conv_impl, name="decoder"
+        )(encoder_bhwc, train)
         taps = {"stage1": stage1_bhwc, "encoder": encoder_bhwc}
         return logits_bhwk.astype(jnp.float32), taps
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from intrakd_jax.models.conv import Conv, ConvImpl, check_conv_impl
 from intrakd_jax.models.layers import batch_norm
 from intrakd_jax.models.resnet import KAIMING_FAN_OUT, DilatedResNet, resnet_feature_channels
 
@@ -80,6 +81,7 @@ class PyramidPoolingModule(nn.Module):
     reduction_channels: int
     norm: Any
     dtype: Any = jnp.float32
+    conv_impl: ConvImpl = "fast"
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray) -> jnp.ndarray:
@@ -88,12 +90,13 @@ class PyramidPoolingModule(nn.Module):
         outs = [x_bhwc]
         for i, b in enumerate(self.bins):
             y = adaptive_avg_pool2d(x_bhwc, (b, b))
-            y = nn.Conv(
+            y = Conv(
                 self.reduction_channels,
                 (1, 1),
                 use_bias=False,
                 dtype=self.dtype,
                 kernel_init=KAIMING_FAN_OUT,
+                impl=self.conv_impl,
                 name=f"conv_{i}",
             )(y)
             y = nn.relu(self.norm(name=f"bn_{i}")(y))
@@ -121,6 +124,8 @@ class PSPNet(nn.Module):
       bins: Pyramid pooling output sizes (b x b each).
       head_channels: Channels of the 3x3 head conv (the "psp" tap).
       dropout_rate: Channel dropout before the classifier.
+      conv_impl: "fast" (CPU-tuned convolution gradients, ``models.conv``) or "xla" (Flax's
+        ``nn.Conv`` computation); same parameters.
     """
 
     num_classes: int
@@ -134,8 +139,10 @@ class PSPNet(nn.Module):
     bins: tuple[int, ...] = (1, 2, 3, 6)
     head_channels: int = 512
     dropout_rate: float = 0.1
+    conv_impl: ConvImpl = "fast"
 
     def __post_init__(self) -> None:
+        check_conv_impl("PSPNet.conv_impl", self.conv_impl)
         for field in ("num_classes", "head_channels", "base_width"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -180,26 +187,36 @@ class PSPNet(nn.Module):
             bn_axis_name=self.bn_axis_name,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
+            conv_impl=self.conv_impl,
             name="backbone",
         )(x, train)
         norm = batch_norm(self, train)
         feat_bhwc = feats["layer4"]
         bins = tuple(self.bins)
         y = PyramidPoolingModule(
-            bins, feat_bhwc.shape[-1] // len(bins), norm, self.dtype, name="ppm"
+            bins, feat_bhwc.shape[-1] // len(bins), norm, self.dtype, self.conv_impl, name="ppm"
         )(feat_bhwc)
-        y = nn.Conv(
+        y = Conv(
             self.head_channels,
             (3, 3),
             padding=((1, 1), (1, 1)),
             use_bias=False,
             dtype=self.dtype,
             kernel_init=KAIMING_FAN_OUT,
+            impl=self.conv_impl,
             name="head_conv",
         )(y)
         psp_bhwc = nn.relu(norm(name="head_bn")(y))
         # PyTorch Dropout2d drops whole channels: share the mask over H and W.
         y = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2))(psp_bhwc, deterministic=not train)
-        logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
+        logits = Conv(
+            self.num_classes,
+            (1, 1),
+            padding="SAME",
+            dtype=self.dtype,
+            kernel_init=nn.initializers.lecun_normal(),
+            impl=self.conv_impl,
+            name="classifier",
+        )(y)
         logits_bhwk = _resize_bilinear(logits.astype(jnp.float32), x.shape[1:3])
         return logits_bhwk, {"layer1": feats["layer1"], "psp": psp_bhwc}

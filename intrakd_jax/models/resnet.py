@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from intrakd_jax.models.conv import Conv, ConvImpl, check_conv_impl
 from intrakd_jax.models.layers import batch_norm
 
 # PyTorch ResNets init convs with normal(0, sqrt(2 / (k * k * out_channels))): He, fan-out.
@@ -144,6 +145,8 @@ class DilatedResNet(nn.Module):
       bn_axis_name: Axis name for cross-device BatchNorm statistics.
       bn_momentum: Flax BatchNorm momentum (0.9 equals PyTorch momentum 0.1).
       bn_epsilon: BatchNorm epsilon.
+      conv_impl: "fast" (CPU-tuned convolution gradients, ``models.conv``) or "xla" (Flax's
+        ``nn.Conv`` computation); same parameters.
     """
 
     depth: int = 101
@@ -153,9 +156,11 @@ class DilatedResNet(nn.Module):
     bn_axis_name: str | None = None
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    conv_impl: ConvImpl = "fast"
 
     def __post_init__(self) -> None:
         _layout(self.depth)
+        check_conv_impl("DilatedResNet.conv_impl", self.conv_impl)
         if isinstance(self.base_width, bool) or not isinstance(self.base_width, int):
             raise ValueError(f"DilatedResNet.base_width must be an int, got {self.base_width!r}")
         if self.base_width < 1:
@@ -170,7 +175,11 @@ class DilatedResNet(nn.Module):
         kind, blocks_per_stage = _layout(self.depth)
         block_cls = Bottleneck if kind == "bottleneck" else BasicBlock
         conv = functools.partial(
-            nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=KAIMING_FAN_OUT
+            Conv,
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=KAIMING_FAN_OUT,
+            impl=self.conv_impl,
         )
         norm = batch_norm(self, train)
         w = self.base_width
