@@ -1,7 +1,7 @@
 """First-step compile time, recompilation count and peak host memory of the distill step.
 
   python benchmarks/compile_memory.py --size=culane --batch=4
-  python benchmarks/compile_memory.py --size=apolloscape --batch=8
+  python benchmarks/compile_memory.py --size=apolloscape --batch=8 --remat
 
 Builds the official pair (PSPNet on a dilated ResNet-101 teacher, ERFNet student) at the
 dataset's input size on random data, then reports:
@@ -10,7 +10,8 @@ dataset's input size on random data, then reports:
   * of that, the compilation (trace, lowering, XLA) from jax.monitoring duration events;
   * the number of XLA compilations during ``--steady_steps`` further train steps and two
     further eval steps (counted from ``jax_log_compiles`` records; must be 0);
-  * the process's peak resident memory (``ru_maxrss``) at the end.
+  * the process's peak resident memory (``ru_maxrss``) at the end, and the step's buffer sizes
+    from XLA's ``memory_analysis`` (also when the step runs out of memory).
 Run one size per process: the peak memory is that of the whole process.
 """
 
@@ -24,18 +25,21 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import harness  # noqa: E402  (benchmarks/harness.py, beside this script)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import default  # noqa: E402
-from intrakd_jax import optim, parallel, steps, train  # noqa: E402
+from intrakd_jax import parallel, steps  # noqa: E402
 
 SIZES = {"culane": ((208, 976), 5), "apolloscape": ((496, 1488), 37), "llamas": ((720, 1280), 5)}
 _SIZE = flags.DEFINE_enum("size", "culane", list(SIZES), "input size and classes")
 _BATCH = flags.DEFINE_integer("batch", 4, "global batch")
 _STEADY = flags.DEFINE_integer("steady_steps", 2, "train steps after the first")
+_REMAT = flags.DEFINE_bool("remat", False, "student.model_kwargs.remat (gradient checkpointing)")
+_CONV_IMPL = flags.DEFINE_enum("conv_impl", "fast", ["fast", "xla"], "model conv_impl")
 
 _COMPILE_EVENTS = (
     "/jax/core/compile/jaxpr_trace_duration",
@@ -70,26 +74,19 @@ def main(_):
     hw, n = SIZES[_SIZE.value]
     batch_size = _BATCH.value
     c = default.get_base_config()
+    c.student.model_kwargs.update(remat=_REMAT.value, conv_impl=_CONV_IMPL.value)
+    c.teacher.model_kwargs.update(conv_impl=_CONV_IMPL.value)
     mesh = parallel.make_data_mesh()
-    student = train.build_model(c.student.model, c.student.model_kwargs, n, jnp.float32, True)
-    eval_student = train.build_model(c.student.model, c.student.model_kwargs, n, jnp.float32, False)
-    teacher = train.build_model(c.teacher.model, c.teacher.model_kwargs, n, jnp.float32, False)
-    dummy = jnp.zeros((1, *hw, 3))
-    params = jax.eval_shape(lambda: eval_student.init(jax.random.key(0), dummy))["params"]
-    tx = optim.make_optimizer(params, c.student.learning_rate, 1000)
-    rep = parallel.replicated(mesh)
-    state = steps.run_once(
-        lambda k: steps.create_train_state(eval_student, tx, k, hw),
-        jax.random.key(0),
-        out_shardings=rep,
-    )
-    tvars = steps.run_once(lambda k: teacher.init(k, dummy), jax.random.key(1), out_shardings=rep)
-    step = steps.make_train_step(
+    student, eval_student, teacher = harness.build_models(c, n, jnp.float32)
+    tvars = harness.init_teacher(teacher, hw, mesh)
+    state, step = harness.student_state_and_step(
         student,
-        tx,
+        eval_student,
+        hw,
         mesh,
-        n,
         [1.0] * n,
+        c.student.learning_rate,
+        1000,
         teacher=teacher,
         distill=steps.DistillSettings(weight=c.distill.weight, taps=(("encoder", "psp", 1.0),)),
     )
@@ -110,10 +107,29 @@ def main(_):
         b = batch(0)
         return {"image": b["image"], "label": b["label"]}
 
+    print(
+        f"size {_SIZE.value} {hw} x batch {batch_size}, {n} classes, {mesh.devices.size} x "
+        f"{jax.devices()[0].platform}, jax {jax.__version__}, conv_impl={_CONV_IMPL.value}, "
+        f"remat={_REMAT.value}",
+        flush=True,
+    )
+    first_batch = train_batch()
+    # Shapes of the arguments, for the memory report if the (donating) first call fails.
+    abstract_args = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        (state, tvars, first_batch),
+    )
     _durations.clear()
     t = time.perf_counter()
-    state, metrics = step(state, tvars, train_batch())
-    jax.block_until_ready(metrics)
+    try:
+        state, metrics = step(state, tvars, first_batch)
+        jax.block_until_ready(metrics)
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"first distill step: out of memory ({str(e).splitlines()[0]})")
+        _print_buffers(step, *abstract_args)
+        sys.exit(1)
     first_step = time.perf_counter() - t
     compile_parts = dict(_durations)
     svars = lambda s: {"params": s.params, "batch_stats": s.batch_stats}
@@ -136,10 +152,6 @@ def main(_):
     jax_logger.removeHandler(counter)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
-    print(
-        f"size {_SIZE.value} {hw} x batch {batch_size}, {n} classes, {mesh.devices.size} x "
-        f"{jax.devices()[0].platform}, jax {jax.__version__}"
-    )
     print(f"first distill step (trace + compile + run): {first_step:.1f} s")
     trace, lower, backend = (compile_parts.get(e, 0.0) for e in _COMPILE_EVENTS)
     print(
@@ -154,6 +166,18 @@ def main(_):
     if counter.names:
         print(f"  recompiled: {sorted(set(counter.names))}")
     print(f"peak host memory (ru_maxrss): {peak_gib:.2f} GiB")
+    _print_buffers(step, state, tvars, train_batch())
+
+
+def _print_buffers(step, *args) -> None:
+    """XLA's buffer sizes for the distill step (a separate compile, after the timings)."""
+    mem = step.lower(*args).compile().memory_analysis()
+    gib = 2.0**30
+    print(
+        f"distill step buffers (XLA memory_analysis): temporaries "
+        f"{mem.temp_size_in_bytes / gib:.2f} GiB, arguments {mem.argument_size_in_bytes / gib:.2f}"
+        f" GiB, outputs {mem.output_size_in_bytes / gib:.2f} GiB"
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@
    (``num_parallel_calls=1``: the per-core rate) and with AUTOTUNE (all cores).
 2. Feeding: the ``:synthetic`` config's student train step (the demo's ERFNet at its input size)
    runs --train_steps steps on batches from the real pipeline, then the same number of steps on
-   one batch held in memory; the ratio of the two step rates is the pipeline's overhead.
+   one batch held in memory, alternating for --rounds rounds; the ratio of the median step
+   rates is the pipeline's overhead.
 """
 
 import os
@@ -23,12 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import importlib  # noqa: E402
 
+import harness  # noqa: E402  (benchmarks/harness.py, beside this script)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import data_pipelines  # noqa: E402
-from intrakd_jax import optim, parallel, steps, train  # noqa: E402
+from intrakd_jax import parallel, train  # noqa: E402
 
 _DATASET = flags.DEFINE_enum(
     "dataset", "all", ["all", "llamas", "culane", "apolloscape"], "dataset(s)"
@@ -36,7 +39,8 @@ _DATASET = flags.DEFINE_enum(
 _DATA_ROOT = flags.DEFINE_string("data_root", "data/bench", "where full-size twins are written")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 16, "frames in each full-size twin")
 _BATCHES = flags.DEFINE_integer("batches", 8, "timed batches per throughput measurement")
-_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20, "steps per feeding measurement")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 25, "steps per feeding measurement")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "alternating pipeline/memory rounds (medians)")
 
 # Synthetic-generator settings for a full-size twin (field -> value in config.data.synthetic).
 FULL_SIZE = {
@@ -94,15 +98,15 @@ def feeding(name: str) -> dict:
     eval_student = train.build_model(
         c.student.model, c.student.model_kwargs, info.num_classes, jnp.float32, False
     )
-    dummy = jnp.zeros((1, *info.image_hw, 3))
-    params = jax.eval_shape(lambda: eval_student.init(jax.random.key(0), dummy))["params"]
-    tx = optim.make_optimizer(params, c.student.learning_rate, 10_000)
-    state = steps.run_once(
-        lambda k: steps.create_train_state(eval_student, tx, k, info.image_hw),
-        jax.random.key(0),
-        out_shardings=parallel.replicated(mesh),
+    state, step = harness.student_state_and_step(
+        student,
+        eval_student,
+        info.image_hw,
+        mesh,
+        info.class_weights,
+        c.student.learning_rate,
+        10_000,
     )
-    step = steps.make_train_step(student, tx, mesh, info.num_classes, info.class_weights)
     local_bs = parallel.local_batch_size(c.batch_size, mesh)
     batches = dataset.train_batches(local_bs, seed=0)
 
@@ -117,9 +121,14 @@ def feeding(name: str) -> dict:
         return _TRAIN_STEPS.value / (time.perf_counter() - t)
 
     held = next(batches)
-    pipeline_rate = run(lambda: next(batches))
-    memory_rate = run(lambda: held)
-    return {"pipeline": pipeline_rate, "memory": memory_rate, "input_hw": tuple(info.image_hw)}
+    rates = {"pipeline": [], "memory": []}
+    for _ in range(_ROUNDS.value):  # alternate, so that drifting load hits both alike
+        rates["pipeline"].append(run(lambda: next(batches)))
+        rates["memory"].append(run(lambda: held))
+    return {
+        **{k: float(np.median(v)) for k, v in rates.items()},
+        "input_hw": tuple(info.image_hw),
+    }
 
 
 def main(_):

@@ -27,14 +27,14 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import harness  # noqa: E402  (benchmarks/harness.py, beside this script)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from intrakd_jax import optim, parallel, steps, train  # noqa: E402
-from intrakd_jax.losses.intra_kd import multi_tap_intra_kd_loss  # noqa: E402
+from intrakd_jax import parallel, steps, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/llamas.py:synthetic", "config file")
 _BATCH = flags.DEFINE_integer("batch", None, "global batch (default: config.batch_size)")
@@ -47,6 +47,7 @@ _CONV_IMPL = flags.DEFINE_enum(
     ["fast", "xla"],
     "--vs-torch: JAX convolution gradients (models' conv_impl)",
 )
+_REMAT = flags.DEFINE_bool("remat", False, "--vs-torch: JAX student with remat (checkpointing)")
 _LAYERS = flags.DEFINE_bool(
     "layers", False, "per-layer table: forward and backward of each conv layer shape, xla vs fast"
 )
@@ -79,26 +80,17 @@ def main(_):
     hw = tuple(c.data.image_hw)
     dtype = train._dtype(c)
     mesh = parallel.make_data_mesh(c.num_devices)
-    student = train.build_model(c.student.model, c.student.model_kwargs, n, dtype, True)
-    eval_student = train.build_model(c.student.model, c.student.model_kwargs, n, dtype, False)
-    teacher = train.build_model(c.teacher.model, c.teacher.model_kwargs, n, dtype, False)
-    dummy = jnp.zeros((1, *hw, 3))
-    params = jax.eval_shape(lambda: eval_student.init(jax.random.key(0), dummy))["params"]
-    tx = optim.make_optimizer(params, c.student.learning_rate, c.student.num_train_steps)
-    rep = parallel.replicated(mesh)
-    state = steps.run_once(
-        lambda k: steps.create_train_state(eval_student, tx, k, hw),
-        jax.random.key(0),
-        out_shardings=rep,
-    )
-    tvars = steps.run_once(lambda k: teacher.init(k, dummy), jax.random.key(1), out_shardings=rep)
+    student, eval_student, teacher = harness.build_models(c, n, dtype)
+    tvars = harness.init_teacher(teacher, hw, mesh)
     taps = tuple((s, t, w) for s, t, w in c.distill.taps)
-    step = steps.make_train_step(
+    state, step = harness.student_state_and_step(
         student,
-        tx,
+        eval_student,
+        hw,
         mesh,
-        n,
         [1.0] * n,
+        c.student.learning_rate,
+        c.student.num_train_steps,
         teacher=teacher,
         distill=steps.DistillSettings(weight=c.distill.weight, taps=taps),
     )
@@ -119,23 +111,10 @@ def main(_):
     t_step = _median_seconds(run_step, _STEPS.value)
 
     svars = {"params": holder["state"].params, "batch_stats": holder["state"].batch_stats}
-    s_taps = jax.eval_shape(lambda: eval_student.apply(svars, dummy))[1]
-    t_taps = jax.eval_shape(lambda: teacher.apply(tvars, dummy))[1]
-    s_feats = {
-        k: jnp.asarray(rng.normal(size=(batch_size, *v.shape[1:])), jnp.float32)
-        for k, v in s_taps.items()
-    }
-    t_feats = {
-        k: jnp.asarray(rng.normal(size=(batch_size, *v.shape[1:])), jnp.float32)
-        for k, v in t_taps.items()
-    }
-    labels = batch["label"]
-    # Teacher taps and labels are arguments, not closed-over constants: XLA would otherwise fold
-    # the teacher half of the loss at compile time and leave it out of the timing.
-    loss_grad = jax.jit(
-        jax.value_and_grad(lambda s, t, y: multi_tap_intra_kd_loss(s, t, y, n, taps))
+    loss_grad = harness.loss_grad_fn(
+        eval_student, svars, teacher, tvars, batch["label"], n, taps, rng
     )
-    t_loss = _median_seconds(lambda: loss_grad(s_feats, t_feats, labels), _STEPS.value)
+    t_loss = _median_seconds(loss_grad, _STEPS.value)
     print(
         f"devices: {mesh.devices.size} x {jax.devices()[0].platform}; input {hw}; batch "
         f"{batch_size}; student {c.student.model} {dict(c.student.model_kwargs)}; teacher "
@@ -157,7 +136,7 @@ def _seconds(fn) -> float:
     return time.perf_counter() - t
 
 
-def _vs_torch_jax(size: str, batch_size: int, conv_impl: str):
+def _vs_torch_jax(size: str, batch_size: int, conv_impl: str, remat: bool = False):
     """JAX side: {mode: callable that runs one blocking step}, and the loss+grad callable."""
     from intrakd_jax import models
 
@@ -167,15 +146,14 @@ def _vs_torch_jax(size: str, batch_size: int, conv_impl: str):
     base = get_config_defaults()
     s_kw = {k: train._tuplify(v) for k, v in dict(base.student.model_kwargs).items()}
     t_kw = {k: train._tuplify(v) for k, v in dict(base.teacher.model_kwargs).items()}
-    student = models.get_model(
-        "erfnet", num_classes=n, bn_axis_name=parallel.DATA_AXIS, conv_impl=conv_impl, **s_kw
-    )
-    eval_student = models.get_model("erfnet", num_classes=n, conv_impl=conv_impl, **s_kw)
-    teacher = models.get_model("pspnet", num_classes=n, conv_impl=conv_impl, **t_kw)
+    s_kw.update(conv_impl=conv_impl, remat=remat)
+    t_kw.update(conv_impl=conv_impl)
+    student = models.get_model("erfnet", num_classes=n, bn_axis_name=parallel.DATA_AXIS, **s_kw)
+    eval_student = models.get_model("erfnet", num_classes=n, **s_kw)
+    teacher = models.get_model("pspnet", num_classes=n, **t_kw)
     dummy = jnp.zeros((1, *hw, 3))
-    rep = parallel.replicated(mesh)
     taps = tuple((s, t, w) for s, t, w in base.distill.taps)
-    tvars = steps.run_once(lambda k: teacher.init(k, dummy), jax.random.key(1), out_shardings=rep)
+    tvars = harness.init_teacher(teacher, hw, mesh)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, n, size=(batch_size, *hw)).astype(np.int32)
     labels[:, : hw[0] // 10] = 255  # some ignore pixels, as in real labels
@@ -186,20 +164,15 @@ def _vs_torch_jax(size: str, batch_size: int, conv_impl: str):
     settings = steps.DistillSettings(weight=base.distill.weight, taps=taps)
     runners = {}
     for mode in ("distill", "student"):
-        params = jax.eval_shape(lambda: eval_student.init(jax.random.key(0), dummy))["params"]
-        tx = optim.make_optimizer(params, base.student.learning_rate, base.student.num_train_steps)
-        state = steps.run_once(
-            lambda k, tx=tx: steps.create_train_state(eval_student, tx, k, hw),
-            jax.random.key(0),
-            out_shardings=rep,
-        )
         distill = mode == "distill"
-        step = steps.make_train_step(
+        state, step = harness.student_state_and_step(
             student,
-            tx,
+            eval_student,
+            hw,
             mesh,
-            n,
             class_weights,
+            base.student.learning_rate,
+            base.student.num_train_steps,
             teacher=teacher if distill else None,
             distill=settings if distill else None,
         )
@@ -214,20 +187,10 @@ def _vs_torch_jax(size: str, batch_size: int, conv_impl: str):
     infer = jax.jit(lambda v, x: eval_student.apply(v, x)[0])
     runners["inference"] = lambda: jax.block_until_ready(infer(svars, batch["image"]))
 
-    s_taps = jax.eval_shape(lambda: eval_student.apply(svars, dummy))[1]
-    t_taps = jax.eval_shape(lambda: teacher.apply(tvars, dummy))[1]
-    feats = {
-        side: {
-            k: jnp.asarray(rng.normal(size=(batch_size, *v.shape[1:])), jnp.float32)
-            for k, v in shapes.items()
-        }
-        for side, shapes in (("s", s_taps), ("t", t_taps))
-    }
-    # Teacher taps and labels as arguments so that XLA cannot constant-fold the teacher half.
-    loss_grad = jax.jit(
-        jax.value_and_grad(lambda s, t, y: multi_tap_intra_kd_loss(s, t, y, n, taps))
+    loss_grad = harness.loss_grad_fn(
+        eval_student, svars, teacher, tvars, batch["label"], n, taps, rng
     )
-    return runners, lambda: jax.block_until_ready(loss_grad(feats["s"], feats["t"], batch["label"]))
+    return runners, loss_grad
 
 
 def get_config_defaults():
@@ -247,8 +210,9 @@ def _vs_torch_torch(size: str, batch_size: int):
     hw, class_weights = VS_TORCH_SIZES[size]
     n = len(class_weights)
     base = get_config_defaults()
-    s_kw = dict(base.student.model_kwargs)
-    t_kw = {k: v for k, v in dict(base.teacher.model_kwargs).items() if k != "deep_stem"}
+    jax_only = ("deep_stem", "conv_impl", "remat")  # JAX model options with no torch twin
+    s_kw = {k: v for k, v in dict(base.student.model_kwargs).items() if k not in jax_only}
+    t_kw = {k: v for k, v in dict(base.teacher.model_kwargs).items() if k not in jax_only}
     if base.teacher.model_kwargs.deep_stem:
         raise ValueError("torch_reference.PSPNet has the 7x7 stem only (deep_stem=False)")
     torch.manual_seed(0)
@@ -279,7 +243,14 @@ def _vs_torch_torch(size: str, batch_size: int):
     }
 
 
-def vs_torch(size: str, batch_size: int, rounds: int, conv_impl: str, modes: list[str]) -> None:
+def vs_torch(
+    size: str,
+    batch_size: int,
+    rounds: int,
+    conv_impl: str,
+    modes: list[str],
+    remat: bool = False,
+) -> None:
     """Times JAX against the PyTorch reference, alternating, and prints the ratios line."""
     import torch
 
@@ -289,7 +260,7 @@ def vs_torch(size: str, batch_size: int, rounds: int, conv_impl: str, modes: lis
     # XLA:CPU runs ops on an intra-op pool with one thread per core this process may use.
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    jax_runs, loss_grad = _vs_torch_jax(size, batch_size, conv_impl)
+    jax_runs, loss_grad = _vs_torch_jax(size, batch_size, conv_impl, remat)
     torch_runs = _vs_torch_torch(size, batch_size)
     times = {(fw, m): [] for fw in ("jax", "torch") for m in modes}
     for mode in modes:  # warm-up (compilation, allocator, oneDNN primitive caches)
@@ -311,8 +282,8 @@ def vs_torch(size: str, batch_size: int, rounds: int, conv_impl: str, modes: lis
     hw = VS_TORCH_SIZES[size][0]
     print(
         f"size {size} {hw[0]}x{hw[1]}, batch {batch_size}, {threads} threads, jax "
-        f"{jax.__version__} (conv_impl={conv_impl}), torch {torch.__version__}, medians of "
-        f"{rounds} alternating rounds"
+        f"{jax.__version__} (conv_impl={conv_impl}, remat={remat}), torch {torch.__version__}, "
+        f"medians of {rounds} alternating rounds"
     )
     med = {k: float(np.median(v)) for k, v in times.items()}
     for mode in modes:
@@ -453,7 +424,7 @@ def _entry(argv):
         layer_table(_SIZE.value, _BATCH.value or 4, _STEPS.value)
     elif _VS_TORCH.value:
         hw_batch = _BATCH.value or 4
-        vs_torch(_SIZE.value, hw_batch, _STEPS.value, _CONV_IMPL.value, _MODES.value)
+        vs_torch(_SIZE.value, hw_batch, _STEPS.value, _CONV_IMPL.value, _MODES.value, _REMAT.value)
     else:
         main(argv)
 

@@ -42,6 +42,7 @@ def get_base_config() -> ml_collections.ConfigDict:
             "bins": (1, 2, 3, 6),
             "head_channels": 512,
             "dropout_rate": 0.1,
+            "conv_impl": "fast",  # fast: CPU-tuned conv gradients (CPU only) | xla
         }
     )
     c.teacher.num_train_steps = 10_000
@@ -61,6 +62,8 @@ def get_base_config() -> ml_collections.ConfigDict:
             "num_stage2_repeats": 2,
             "stage1_dropout": 0.03,
             "stage2_dropout": 0.3,
+            "conv_impl": "fast",
+            "remat": False,  # recompute block activations in the backward pass (less memory)
         }
     )
     c.student.num_train_steps = 10_000

@@ -18,8 +18,10 @@ Process 0 writes files and computes the full-resolution metrics; every process r
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -61,6 +63,42 @@ def run_name(path: str, step: int) -> str:
         parts.pop()
     stage = re.sub(r"[^A-Za-z0-9_.-]+", "_", parts[-1]) or "checkpoint"
     return f"{stage}_step{step}"
+
+
+def num_eval_batches(num_examples: int, batch_size: int, max_batches: int | None = None) -> int:
+    """Global batches covering ``num_examples`` (the last one padded), at most ``max_batches``."""
+    total = -(-num_examples // batch_size)
+    return min(total, max_batches) if max_batches else total
+
+
+def predict_split(
+    eval_step, variables: Any, dataset, split: str, mesh, batch_size: int, num_batches: int
+) -> Iterator[tuple[np.ndarray, dict, jax.Array]]:
+    """Runs ``eval_step`` over the first ``num_batches`` global batches of ``split`` on ``mesh``.
+
+    Every process reads its own slice of each global batch; padded rows carry ``mask`` False.
+
+    Yields:
+      ``(confusion_kk, global_batch, probs_bhwk)``: the batch's confusion matrix (int64 numpy,
+      padded rows excluded), the global batch and the class probabilities on device.
+    """
+    batches = dataset.eval_batches(
+        split,
+        parallel.local_batch_size(batch_size, mesh),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    for batch in itertools.islice(batches, num_batches):
+        gbatch = parallel.to_global(batch, mesh)
+        batch_conf, probs = eval_step(variables, gbatch)
+        yield np.asarray(jax.device_get(batch_conf), np.int64), gbatch, probs
+
+
+def confusion_metrics(conf_kk: np.ndarray, class_names) -> dict:
+    """mIoU, per-class IoU and pixel accuracy of a confusion matrix, plus IoU by class name."""
+    metrics = iou_from_confusion(conf_kk)
+    metrics["iou_by_class"] = dict(zip(class_names, metrics["iou"], strict=True))
+    return metrics
 
 
 def make_predict_fn(model, variables, mesh):
@@ -153,27 +191,18 @@ def evaluate_one(
         os.makedirs(os.path.join(out_dir, "overlays"), exist_ok=True)
 
     conf = np.zeros((info.num_classes, info.num_classes), np.int64)
-    total = -(-len(examples) // config.eval_batch_size)
-    if ecfg.max_batches:
-        total = min(total, ecfg.max_batches)
+    total = num_eval_batches(len(examples), config.eval_batch_size, ecfg.max_batches)
     progress = ProgressLogger(
         f"[evaluate {os.path.basename(out_dir)}] images",
         min(len(examples), total * config.eval_batch_size),
         every_s=10.0,
     )
-    batches = dataset.eval_batches(
-        split,
-        parallel.local_batch_size(config.eval_batch_size, mesh),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
     written = 0
-    for i, batch in enumerate(batches):
-        if i >= total:
-            break
-        gbatch = parallel.to_global(batch, mesh)
-        batch_conf, probs = eval_step(variables, gbatch)
-        conf += np.asarray(jax.device_get(batch_conf), np.int64)
+    predictions = predict_split(
+        eval_step, variables, dataset, split, mesh, config.eval_batch_size, total
+    )
+    for batch_conf, gbatch, probs in predictions:
+        conf += batch_conf
         host = parallel.to_host({"probs": probs, **gbatch})
         valid = np.flatnonzero(host["mask"])
         if lead:
@@ -194,8 +223,7 @@ def evaluate_one(
         progress.update(len(valid))
     progress.finish()
 
-    metrics = iou_from_confusion(conf)
-    metrics["iou_by_class"] = dict(zip(info.class_names, metrics["iou"], strict=True))
+    metrics = confusion_metrics(conf, info.class_names)
     tables = {}
     if conf.sum():  # an unlabelled split (a test set) has no pixels to score here
         tables["mIoU at network resolution"] = report.markdown_table(

@@ -36,7 +36,6 @@ from data_pipelines.pipeline import ProgressLogger, format_seconds
 from intrakd_jax import batch_eval, checkpointing, models, optim, parallel, steps
 from intrakd_jax.evaluation import report, visualize
 from intrakd_jax.evaluation.llamas import PixelAPAccumulator
-from intrakd_jax.evaluation.segmentation import iou_from_confusion
 
 STAGES = ("teacher", "student", "distill")
 MODES = (*STAGES, "evaluate", "pipeline", "check_data")
@@ -146,20 +145,13 @@ def evaluate_variables(
     eval_step = steps.make_eval_step(model, mesh, info.num_classes, info.ignore_label)
     conf = np.zeros((info.num_classes, info.num_classes), np.int64)
     ap = PixelAPAccumulator(info.num_classes, info.class_names) if info.name == "llamas" else None
-    local_bs = parallel.local_batch_size(batch_size, mesh)
-    total = -(-dataset.num_examples(split) // batch_size)
-    if max_batches:
-        total = min(total, max_batches)
+    total = batch_eval.num_eval_batches(dataset.num_examples(split), batch_size, max_batches)
     progress = ProgressLogger(f"[{desc}] batches", total, every_s=10.0)
-    batches = dataset.eval_batches(
-        split, local_bs, process_index=jax.process_index(), process_count=jax.process_count()
+    predictions = batch_eval.predict_split(
+        eval_step, variables, dataset, split, mesh, batch_size, total
     )
-    for i, batch in enumerate(batches):
-        if i >= total:
-            break
-        gbatch = parallel.to_global(batch, mesh)
-        batch_conf, probs = eval_step(variables, gbatch)
-        conf += np.asarray(jax.device_get(batch_conf), np.int64)
+    for batch_conf, gbatch, probs in predictions:
+        conf += batch_conf
         if ap is not None:
             host = parallel.to_host(
                 {"probs": probs, "label": gbatch["label"], "mask": gbatch["mask"]}
@@ -167,8 +159,7 @@ def evaluate_variables(
             ap.update(host["probs"], host["label"], host["mask"])
         progress.update()
     progress.finish()
-    metrics = iou_from_confusion(conf)
-    metrics["iou_by_class"] = dict(zip(info.class_names, metrics["iou"], strict=True))
+    metrics = batch_eval.confusion_metrics(conf, info.class_names)
     if ap is not None:
         pixel_ap = ap.result()
         metrics["ap"] = {k: v["auc"] for k, v in pixel_ap["per_class"].items()}

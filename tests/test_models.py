@@ -2,6 +2,7 @@
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -388,3 +389,44 @@ def test_registry_errors():
         get_model("erfnet", num_classes=0)
     with pytest.raises(ValueError, match="bins"):
         get_model("pspnet", num_classes=5, bins=())
+
+
+def test_erfnet_remat_keeps_parameters_outputs_and_gradients(erf):
+    """Rematerialised blocks change what is stored for the backward pass, nothing else."""
+    model, variables = erf
+    remat_model = ERFNet(num_classes=5, remat=True, **TINY_ERF)
+    remat_vars = remat_model.init(jax.random.key(0), _rand_images(ERF_X))
+    _assert_trees_equal(remat_vars, variables)
+    x = _rand_images(ERF_X, seed=5)
+    labels = jnp.asarray(np.random.default_rng(5).integers(0, 5, ERF_X[:3]))
+
+    def loss(m, params):
+        (logits, taps), new_state = m.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(2)},
+        )
+        onehot = jax.nn.one_hot(labels, 5)
+        ce = -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), -1))
+        return ce + 0.1 * jnp.mean(taps["encoder"] ** 2), new_state
+
+    (l_ref, st_ref), g_ref = jax.value_and_grad(functools.partial(loss, model), has_aux=True)(
+        variables["params"]
+    )
+    (l_rem, st_rem), g_rem = jax.value_and_grad(functools.partial(loss, remat_model), has_aux=True)(
+        variables["params"]
+    )
+    np.testing.assert_allclose(l_rem, l_ref, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(st_rem), jax.tree.leaves(st_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_rem), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g_ref))
+    # ... and the remat version really is checkpointed (one remat region per residual block).
+    jaxpr = str(jax.make_jaxpr(functools.partial(loss, remat_model))(variables["params"]))
+    blocks = TINY_ERF["num_stage1_blocks"] + 4 * TINY_ERF["num_stage2_repeats"] + 4
+    assert len(re.findall(r"\bremat\d*\[", jaxpr)) == blocks
+    plain = str(jax.make_jaxpr(functools.partial(loss, model))(variables["params"]))
+    assert not re.search(r"\bremat\d*\[", plain)

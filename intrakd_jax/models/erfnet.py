@@ -160,6 +160,15 @@ class NonBottleneck1d(nn.Module):
         return nn.relu(y + x_bhwc)
 
 
+def _residual_block(remat: bool) -> type[nn.Module]:
+    """``NonBottleneck1d``, or with ``remat`` one that recomputes its activations when needed.
+
+    The rematerialised block keeps only its input for the backward pass (same parameters;
+    ``train`` is a static argument).
+    """
+    return nn.remat(NonBottleneck1d, static_argnums=(2,)) if remat else NonBottleneck1d
+
+
 class UpsamplerBlock(nn.Module):
     """ConvTranspose 3x3 stride 2 (exact 2x) -> BN -> ReLU."""
 
@@ -196,12 +205,14 @@ class ERFNetEncoder(nn.Module):
     norm: Any
     dtype: Any = jnp.float32
     conv_impl: ConvImpl = "fast"
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray, train: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Returns ``(encoder_bhwc (1/8, c2), stage1_bhwc (1/4, c1))``."""
         c0, c1, c2 = self.channels
         kw = dict(norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl)
+        block = _residual_block(self.remat)
         x = DownsamplerBlock(c0, name="initial_block", **kw)(x_bhwc)
         idx = 0
 
@@ -212,12 +223,12 @@ class ERFNetEncoder(nn.Module):
 
         x = DownsamplerBlock(c1, name=name(), **kw)(x)
         for _ in range(self.num_stage1_blocks):
-            x = NonBottleneck1d(self.stage1_dropout, 1, name=name(), **kw)(x, train)
+            x = block(self.stage1_dropout, 1, name=name(), **kw)(x, train)
         stage1_bhwc = x
         x = DownsamplerBlock(c2, name=name(), **kw)(x)
         for _ in range(self.num_stage2_repeats):
             for d in self.stage2_dilations:
-                x = NonBottleneck1d(self.stage2_dropout, d, name=name(), **kw)(x, train)
+                x = block(self.stage2_dropout, d, name=name(), **kw)(x, train)
         return x, stage1_bhwc
 
 
@@ -229,18 +240,20 @@ class ERFNetDecoder(nn.Module):
     norm: Any
     dtype: Any = jnp.float32
     conv_impl: ConvImpl = "fast"
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray, train: bool) -> jnp.ndarray:
         """Maps 1/8 features to full-resolution logits (compute dtype)."""
         c0, c1, _ = self.channels
         kw = dict(norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl)
+        block = _residual_block(self.remat)
         x = UpsamplerBlock(c1, name="layers_0", **kw)(x_bhwc)
-        x = NonBottleneck1d(0.0, 1, name="layers_1", **kw)(x, train)
-        x = NonBottleneck1d(0.0, 1, name="layers_2", **kw)(x, train)
+        x = block(0.0, 1, name="layers_1", **kw)(x, train)
+        x = block(0.0, 1, name="layers_2", **kw)(x, train)
         x = UpsamplerBlock(c0, name="layers_3", **kw)(x)
-        x = NonBottleneck1d(0.0, 1, name="layers_4", **kw)(x, train)
-        x = NonBottleneck1d(0.0, 1, name="layers_5", **kw)(x, train)
+        x = block(0.0, 1, name="layers_4", **kw)(x, train)
+        x = block(0.0, 1, name="layers_5", **kw)(x, train)
         return torch_conv_transpose_2d(
             self.num_classes,
             kernel_size=2,
@@ -274,6 +287,10 @@ class ERFNet(nn.Module):
       conv_impl: "fast" (default): convolutions, transposed convolutions and max pooling with
         CPU-tuned gradients (``models.conv``; plain XLA gradients on other backends); "xla":
         Flax's ``nn.Conv`` / ``nn.ConvTranspose`` / ``nn.max_pool`` computation. Same parameters.
+      remat: Recompute each residual block's activations in the backward pass (gradient
+        checkpointing): one more forward pass of the blocks for much less memory at large
+        inputs, e.g. the ApolloScape distill step at batch 8 (BENCHMARKS.md). Same parameters
+        and results.
     """
 
     num_classes: int
@@ -288,6 +305,7 @@ class ERFNet(nn.Module):
     stage1_dropout: float = 0.03
     stage2_dropout: float = 0.3
     conv_impl: ConvImpl = "fast"
+    remat: bool = False
 
     def __post_init__(self) -> None:
         _check_positive_int("ERFNet.num_classes", self.num_classes)
@@ -342,10 +360,11 @@ class ERFNet(nn.Module):
             norm=norm,
             dtype=self.dtype,
             conv_impl=self.conv_impl,
+            remat=self.remat,
             name="encoder",
         )(x_bhwc, train)
         logits_bhwk = ERFNetDecoder(
-            chans, self.num_classes, norm, self.dtype, self.conv_impl, name="decoder"
+            chans, self.num_classes, norm, self.dtype, self.conv_impl, self.remat, name="decoder"
         )(encoder_bhwc, train)
         taps = {"stage1": stage1_bhwc, "encoder": encoder_bhwc}
         return logits_bhwk.astype(jnp.float32), taps
