@@ -2,7 +2,7 @@
 
 Usage:
   python main.py --config=configs/llamas.py --config.data.data_dir=/data/llamas --workdir=runs/l
-  python main.py --config=configs/llamas.py:synthetic --workdir=runs/demo  # demo, <15 min on CPU
+  python main.py --config=configs/llamas.py:synthetic --workdir=runs/demo  # demo, ~6 min on 2 cores
   python main.py --config=configs/llamas.py:smoke --workdir=/tmp/smoke     # seconds; for tests
 
 Variants (the text after ':'):
