@@ -48,6 +48,9 @@ _CONV_IMPL = flags.DEFINE_enum(
     "--vs-torch: JAX convolution gradients (models' conv_impl)",
 )
 _REMAT = flags.DEFINE_bool("remat", False, "--vs-torch: JAX student with remat (checkpointing)")
+_PARTS = flags.DEFINE_bool(
+    "parts", False, "ERFNet alone: eval forward, train forward, forward + backward (at --size)"
+)
 _LAYERS = flags.DEFINE_bool(
     "layers", False, "per-layer table: forward and backward of each conv layer shape, xla vs fast"
 )
@@ -419,8 +422,58 @@ def layer_table(size: str, batch_size: int, rounds: int) -> None:
         )
 
 
+def student_parts(size: str, batch_size: int, rounds: int, conv_impl: str) -> None:
+    """Times the official ERFNet's evaluation forward, training forward, and forward + backward.
+
+    The plain model (no shard_map, no optimiser) at a --vs-torch size on random data: where the
+    student step's time goes between the forward and the backward pass.
+    """
+    from intrakd_jax import models
+
+    hw, class_weights = VS_TORCH_SIZES[size]
+    n = len(class_weights)
+    kw = {k: train._tuplify(v) for k, v in dict(get_config_defaults().student.model_kwargs).items()}
+    model = models.get_model("erfnet", num_classes=n, **{**kw, "conv_impl": conv_impl})
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(batch_size, *hw, 3)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, n, size=(batch_size, *hw)))
+    variables = model.init(jax.random.key(0), x[:1])
+    rngs = {"dropout": jax.random.key(1)}
+
+    def train_forward(params, stats, x):
+        (logits, _), new = model.apply(
+            {"params": params, "batch_stats": stats},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs=rngs,
+        )
+        return logits, new
+
+    def ce(params, stats, x, y):
+        logits, new = train_forward(params, stats, x)
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1)), new
+
+    p, st = variables["params"], variables["batch_stats"]
+    parts = {
+        "eval forward": (jax.jit(lambda v, x: model.apply(v, x)[0]), (variables, x)),
+        "train forward": (jax.jit(train_forward), (p, st, x)),
+        "forward + backward": (jax.jit(jax.grad(ce, has_aux=True)), (p, st, x, y)),
+    }
+    times = {k: _median_seconds(lambda f=f, a=a: f(*a), rounds) for k, (f, a) in parts.items()}
+    print(f"ERFNet {size} {hw[0]}x{hw[1]} batch {batch_size}, conv_impl={conv_impl}:")
+    for k, t in times.items():
+        print(f"  {k:20s} {t * 1e3:8.1f} ms")
+    backward = times["forward + backward"] - times["train forward"]
+    ratio = backward / times["train forward"]
+    print(f"  backward (difference) {backward * 1e3:7.1f} ms = {ratio:.1f}x the train forward")
+
+
 def _entry(argv):
-    if _LAYERS.value:
+    if _PARTS.value:
+        student_parts(_SIZE.value, _BATCH.value or 4, _STEPS.value, _CONV_IMPL.value)
+    elif _LAYERS.value:
         layer_table(_SIZE.value, _BATCH.value or 4, _STEPS.value)
     elif _VS_TORCH.value:
         hw_batch = _BATCH.value or 4
