@@ -114,7 +114,7 @@ def main(_):
         flush=True,
     )
     first_batch = train_batch()
-    # Shapes of the arguments, for the memory report if the (donating) first call fails.
+    # Shapes of the arguments for the memory report (the first call donates the state).
     abstract_args = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
         (state, tvars, first_batch),
@@ -166,7 +166,7 @@ def main(_):
     if counter.names:
         print(f"  recompiled: {sorted(set(counter.names))}")
     print(f"peak host memory (ru_maxrss): {peak_gib:.2f} GiB")
-    _print_buffers(step, state, tvars, train_batch())
+    _print_buffers(step, *abstract_args)
 
 
 def _print_buffers(step, *args) -> None:

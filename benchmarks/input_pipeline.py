@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import data_pipelines  # noqa: E402
-from intrakd_jax import parallel, train  # noqa: E402
+from intrakd_jax import parallel  # noqa: E402
 
 _DATASET = flags.DEFINE_enum(
     "dataset", "all", ["all", "llamas", "culane", "apolloscape"], "dataset(s)"
@@ -92,12 +92,7 @@ def feeding(name: str) -> dict:
     dataset.prepare()
     info = dataset.info
     mesh = parallel.make_data_mesh()
-    student = train.build_model(
-        c.student.model, c.student.model_kwargs, info.num_classes, jnp.float32, True
-    )
-    eval_student = train.build_model(
-        c.student.model, c.student.model_kwargs, info.num_classes, jnp.float32, False
-    )
+    student, eval_student, _ = harness.build_models(c, info.num_classes, jnp.float32)
     state, step = harness.student_state_and_step(
         student,
         eval_student,

@@ -141,19 +141,13 @@ def _seconds(fn) -> float:
 
 def _vs_torch_jax(size: str, batch_size: int, conv_impl: str, remat: bool = False):
     """JAX side: {mode: callable that runs one blocking step}, and the loss+grad callable."""
-    from intrakd_jax import models
-
     hw, class_weights = VS_TORCH_SIZES[size]
     n = len(class_weights)
     mesh = parallel.make_data_mesh(1)
     base = get_config_defaults()
-    s_kw = {k: train._tuplify(v) for k, v in dict(base.student.model_kwargs).items()}
-    t_kw = {k: train._tuplify(v) for k, v in dict(base.teacher.model_kwargs).items()}
-    s_kw.update(conv_impl=conv_impl, remat=remat)
-    t_kw.update(conv_impl=conv_impl)
-    student = models.get_model("erfnet", num_classes=n, bn_axis_name=parallel.DATA_AXIS, **s_kw)
-    eval_student = models.get_model("erfnet", num_classes=n, **s_kw)
-    teacher = models.get_model("pspnet", num_classes=n, **t_kw)
+    base.student.model_kwargs.update(conv_impl=conv_impl, remat=remat)
+    base.teacher.model_kwargs.update(conv_impl=conv_impl)
+    student, eval_student, teacher = harness.build_models(base, n, jnp.float32)
     dummy = jnp.zeros((1, *hw, 3))
     taps = tuple((s, t, w) for s, t, w in base.distill.taps)
     tvars = harness.init_teacher(teacher, hw, mesh)
@@ -428,12 +422,12 @@ def student_parts(size: str, batch_size: int, rounds: int, conv_impl: str) -> No
     The plain model (no shard_map, no optimiser) at a --vs-torch size on random data: where the
     student step's time goes between the forward and the backward pass.
     """
-    from intrakd_jax import models
-
     hw, class_weights = VS_TORCH_SIZES[size]
     n = len(class_weights)
-    kw = {k: train._tuplify(v) for k, v in dict(get_config_defaults().student.model_kwargs).items()}
-    model = models.get_model("erfnet", num_classes=n, **{**kw, "conv_impl": conv_impl})
+    base = get_config_defaults()
+    base.student.model_kwargs.update(conv_impl=conv_impl)
+    # The evaluation build (BatchNorm not synced over a mesh axis): this runs outside shard_map.
+    _, model, _ = harness.build_models(base, n, jnp.float32)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch_size, *hw, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, n, size=(batch_size, *hw)))
