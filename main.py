@@ -22,6 +22,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from intrakd_jax import parallel, train  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
@@ -36,11 +38,7 @@ def main(argv):
     """Parses flags and runs ``train_and_evaluate``; known input errors exit with one message."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from intrakd_jax import parallel
-
     parallel.maybe_initialize_distributed()
-    from intrakd_jax import train
-
     logging.info("config:\n%s", _CONFIG.value)
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

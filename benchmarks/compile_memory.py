@@ -33,12 +33,15 @@ from absl import app, flags  # noqa: E402
 
 from configs import default  # noqa: E402
 from intrakd_jax import parallel, steps  # noqa: E402
+from intrakd_jax.losses import terms  # noqa: E402
 
 SIZES = {"culane": ((208, 976), 5), "apolloscape": ((496, 1488), 37), "llamas": ((720, 1280), 5)}
 _SIZE = flags.DEFINE_enum("size", "culane", list(SIZES), "input size and classes")
 _BATCH = flags.DEFINE_integer("batch", 4, "global batch")
 _STEADY = flags.DEFINE_integer("steady_steps", 2, "train steps after the first")
-_REMAT = flags.DEFINE_bool("remat", False, "student.model_kwargs.remat (gradient checkpointing)")
+_REMAT = flags.DEFINE_bool(
+    "remat", False, "student.model_kwargs.erfnet.remat (gradient checkpointing)"
+)
 _CONV_IMPL = flags.DEFINE_enum("conv_impl", "fast", ["fast", "xla"], "model conv_impl")
 
 _COMPILE_EVENTS = (
@@ -74,7 +77,7 @@ def main(_):
     hw, n = SIZES[_SIZE.value]
     batch_size = _BATCH.value
     c = default.get_base_config()
-    c.student.model_kwargs.update(remat=_REMAT.value, conv_impl=_CONV_IMPL.value)
+    c.student.model_kwargs.erfnet.update(remat=_REMAT.value, conv_impl=_CONV_IMPL.value)
     c.teacher.model_kwargs.update(conv_impl=_CONV_IMPL.value)
     mesh = parallel.make_data_mesh()
     student, eval_student, teacher = harness.build_models(c, n, jnp.float32)
@@ -88,7 +91,7 @@ def main(_):
         c.student.learning_rate,
         1000,
         teacher=teacher,
-        distill=steps.DistillSettings(weight=c.distill.weight, taps=(("encoder", "psp", 1.0),)),
+        distill=terms.DistillSpec((harness.intra_kd_term(c, eval_student, teacher),)),
     )
     eval_step = steps.make_eval_step(eval_student, mesh, n)
     rng = np.random.default_rng(0)

@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from intrakd_jax.evaluation import culane  # noqa: E402
-from intrakd_jax.evaluation.prob2lines import format_lines, lines_txt_path  # noqa: E402
+from data_pipelines.formats.lines_txt import format_lines, lines_txt_path  # noqa: E402
+from intrakd_jax.evaluation import culane, culane_lanes  # noqa: E402
 
 IM_W, IM_H = 1640, 590
 
@@ -113,14 +113,14 @@ def official_like_seconds(anno: Path, detect: Path, names: list[str]) -> float:
     """CPU seconds of the official tool's per-pair drawing and summing on these images."""
     start = time.process_time()
     for name in names:
-        gt = culane.read_lane_file(lines_txt_path(anno, name)) or []
-        pred = culane.read_lane_file(lines_txt_path(detect, name)) or []
+        gt = culane_lanes.read_lane_file(lines_txt_path(anno, name)) or []
+        pred = culane_lanes.read_lane_file(lines_txt_path(detect, name)) or []
         if not gt or not pred:
             continue
         for lane_a in gt:
             for lane_b in pred:
                 # The official tool splines and draws both lanes again for every pair.
-                pa, pb = culane.lane_polyline(lane_a), culane.lane_polyline(lane_b)
+                pa, pb = culane_lanes.lane_polyline(lane_a), culane_lanes.lane_polyline(lane_b)
                 if pa is None or pb is None:
                     continue
                 im1 = np.zeros((IM_H, IM_W), np.uint8)
@@ -152,10 +152,10 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
         names = culane.read_list(list_file)
         counts = np.array(
-            [len(culane.read_lane_file(lines_txt_path(anno, n)) or []) for n in names]
+            [len(culane_lanes.read_lane_file(lines_txt_path(anno, n)) or []) for n in names]
         )
         pcounts = np.array(
-            [len(culane.read_lane_file(lines_txt_path(detect, n)) or []) for n in names]
+            [len(culane_lanes.read_lane_file(lines_txt_path(detect, n)) or []) for n in names]
         )
         print(f"lanes per image: GT {counts.mean():.2f}, predicted {pcounts.mean():.2f}, "
               f"pairs {np.mean(counts * pcounts):.2f}")  # fmt: skip

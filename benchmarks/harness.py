@@ -10,18 +10,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from intrakd_jax import optim, parallel, steps, train
+from intrakd_jax import building, optim, parallel, steps
+from intrakd_jax.losses import terms
 from intrakd_jax.losses.intra_kd import multi_tap_intra_kd_loss
 
 
 def build_models(config, num_classes: int, dtype) -> tuple:
     """``(student for training, student for evaluation, teacher)`` from a config's model fields."""
-    s, t = config.student, config.teacher
+    s = config.student
+    s_kw = building.model_kwargs(s)
     return (
-        train.build_model(s.model, s.model_kwargs, num_classes, dtype, True),
-        train.build_model(s.model, s.model_kwargs, num_classes, dtype, False),
-        train.build_model(t.model, t.model_kwargs, num_classes, dtype, False),
+        building.build_model(s.model, s_kw, num_classes, dtype, True),
+        building.build_model(s.model, s_kw, num_classes, dtype, False),
+        building.build_teacher(config, num_classes, dtype),
     )
+
+
+def intra_kd_term(config, eval_student, teacher) -> terms.IntraKD:
+    """The config's IntRA-KD term (``config.distill.intra_kd``), taps resolved for these models."""
+    spec = terms.distill_spec_from_config(
+        config.distill, config.student.num_train_steps, eval_student, teacher
+    )
+    (term,) = (t for t in spec.terms if isinstance(t, terms.IntraKD))
+    return term
 
 
 def init_teacher(teacher, hw: Sequence[int], mesh) -> dict:
@@ -41,7 +52,7 @@ def student_state_and_step(
     learning_rate: float,
     num_train_steps: int,
     teacher=None,
-    distill: steps.DistillSettings | None = None,
+    distill: terms.DistillSpec | None = None,
 ):
     """A fresh student train state (seed 0, replicated) and the project's jitted train step.
 

@@ -34,7 +34,11 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from intrakd_jax import parallel, steps, train  # noqa: E402
+from configs import default  # noqa: E402
+from intrakd_jax import building, parallel, steps  # noqa: E402
+from intrakd_jax.losses import terms  # noqa: E402
+from intrakd_jax.models import conv as conv_lib  # noqa: E402
+from intrakd_jax.models.erfnet import torch_conv_transpose_padding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/llamas.py:synthetic", "config file")
 _BATCH = flags.DEFINE_integer("batch", None, "global batch (default: config.batch_size)")
@@ -81,11 +85,11 @@ def main(_):
     batch_size = _BATCH.value or c.batch_size
     n = NUM_CLASSES.get(c.data.name, 5) if c.data.label_type == "multiclass" else 2
     hw = tuple(c.data.image_hw)
-    dtype = train._dtype(c)
+    dtype = building.compute_dtype(c)
     mesh = parallel.make_data_mesh(c.num_devices)
     student, eval_student, teacher = harness.build_models(c, n, dtype)
     tvars = harness.init_teacher(teacher, hw, mesh)
-    taps = tuple((s, t, w) for s, t, w in c.distill.taps)
+    term = harness.intra_kd_term(c, eval_student, teacher)
     state, step = harness.student_state_and_step(
         student,
         eval_student,
@@ -95,7 +99,7 @@ def main(_):
         c.student.learning_rate,
         c.student.num_train_steps,
         teacher=teacher,
-        distill=steps.DistillSettings(weight=c.distill.weight, taps=taps),
+        distill=terms.DistillSpec((term,)),
     )
     rng = np.random.default_rng(0)
     batch = parallel.to_global(
@@ -115,12 +119,12 @@ def main(_):
 
     svars = {"params": holder["state"].params, "batch_stats": holder["state"].batch_stats}
     loss_grad = harness.loss_grad_fn(
-        eval_student, svars, teacher, tvars, batch["label"], n, taps, rng
+        eval_student, svars, teacher, tvars, batch["label"], n, term.taps, rng
     )
     t_loss = _median_seconds(loss_grad, _STEPS.value)
     print(
         f"devices: {mesh.devices.size} x {jax.devices()[0].platform}; input {hw}; batch "
-        f"{batch_size}; student {c.student.model} {dict(c.student.model_kwargs)}; teacher "
+        f"{batch_size}; student {c.student.model} {building.model_kwargs(c.student)}; teacher "
         f"{c.teacher.model} {dict(c.teacher.model_kwargs)}"
     )
     print(f"distill step: {t_step * 1e3:.1f} ms  ->  {batch_size / t_step:.2f} images/s")
@@ -145,11 +149,12 @@ def _vs_torch_jax(size: str, batch_size: int, conv_impl: str, remat: bool = Fals
     n = len(class_weights)
     mesh = parallel.make_data_mesh(1)
     base = get_config_defaults()
-    base.student.model_kwargs.update(conv_impl=conv_impl, remat=remat)
+    base.student.model_kwargs.erfnet.update(conv_impl=conv_impl, remat=remat)
     base.teacher.model_kwargs.update(conv_impl=conv_impl)
     student, eval_student, teacher = harness.build_models(base, n, jnp.float32)
     dummy = jnp.zeros((1, *hw, 3))
-    taps = tuple((s, t, w) for s, t, w in base.distill.taps)
+    term = harness.intra_kd_term(base, eval_student, teacher)
+    taps = term.taps
     tvars = harness.init_teacher(teacher, hw, mesh)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, n, size=(batch_size, *hw)).astype(np.int32)
@@ -158,7 +163,7 @@ def _vs_torch_jax(size: str, batch_size: int, conv_impl: str, remat: bool = Fals
         {"image": rng.normal(size=(batch_size, *hw, 3)).astype(np.float32), "label": labels},
         mesh,
     )
-    settings = steps.DistillSettings(weight=base.distill.weight, taps=taps)
+    settings = terms.DistillSpec((term,))
     runners = {}
     for mode in ("distill", "student"):
         distill = mode == "distill"
@@ -192,8 +197,6 @@ def _vs_torch_jax(size: str, batch_size: int, conv_impl: str, remat: bool = Fals
 
 def get_config_defaults():
     """The default experiment settings (model widths, distillation taps and weight, SGD)."""
-    from configs import default
-
     return default.get_base_config()
 
 
@@ -208,7 +211,7 @@ def _vs_torch_torch(size: str, batch_size: int):
     n = len(class_weights)
     base = get_config_defaults()
     jax_only = ("deep_stem", "conv_impl", "remat")  # JAX model options with no torch twin
-    s_kw = {k: v for k, v in dict(base.student.model_kwargs).items() if k not in jax_only}
+    s_kw = {k: v for k, v in building.model_kwargs(base.student).items() if k not in jax_only}
     t_kw = {k: v for k, v in dict(base.teacher.model_kwargs).items() if k not in jax_only}
     if base.teacher.model_kwargs.deep_stem:
         raise ValueError("torch_reference.PSPNet has the 7x7 stem only (deep_stem=False)")
@@ -219,7 +222,7 @@ def _vs_torch_torch(size: str, batch_size: int):
     labels_np[:, : hw[0] // 10] = 255
     labels = torch.from_numpy(labels_np)
     teacher = tr.PSPNet(n, **t_kw)
-    taps = tuple((s, t, w) for s, t, w in base.distill.taps)
+    term = base.distill.intra_kd
     common = dict(
         class_weights=class_weights,
         learning_rate=base.student.learning_rate,
@@ -229,7 +232,11 @@ def _vs_torch_torch(size: str, batch_size: int):
         poly_power=base.optim.poly_power,
     )
     distill = tr.Trainer(
-        tr.ERFNet(n, **s_kw), teacher=teacher, taps=taps, kd_weight=base.distill.weight, **common
+        tr.ERFNet(n, **s_kw),
+        teacher=teacher,
+        taps=(("encoder", "psp", 1.0),),  # the default "high" levels of ERFNet and PSPNet
+        kd_weight=term.weight,
+        **common,
     )
     student = tr.Trainer(tr.ERFNet(n, **s_kw), **common)
     infer = tr.make_inference(tr.ERFNet(n, **s_kw))
@@ -369,9 +376,6 @@ def layer_table(size: str, batch_size: int, rounds: int) -> None:
     Forward + backward is ``jax.vjp`` and its pullback in one jitted function (dX and dW; for
     pooling dX). Rounds alternate the two implementations; medians.
     """
-    from intrakd_jax.models import conv as conv_lib
-    from intrakd_jax.models.erfnet import torch_conv_transpose_padding
-
     n = len(VS_TORCH_SIZES[size][1])
     rng = np.random.default_rng(0)
     print(f"size {size}, batch {batch_size}, medians of {rounds} alternating rounds (ms)")
@@ -425,7 +429,7 @@ def student_parts(size: str, batch_size: int, rounds: int, conv_impl: str) -> No
     hw, class_weights = VS_TORCH_SIZES[size]
     n = len(class_weights)
     base = get_config_defaults()
-    base.student.model_kwargs.update(conv_impl=conv_impl)
+    base.student.model_kwargs.erfnet.update(conv_impl=conv_impl)
     # The evaluation build (BatchNorm not synced over a mesh axis): this runs outside shard_map.
     _, model, _ = harness.build_models(base, n, jnp.float32)
     rng = np.random.default_rng(0)

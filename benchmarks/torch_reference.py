@@ -20,13 +20,24 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+# Run as a script from anywhere: the project root must be importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from intrakd_jax import models
+from intrakd_jax.losses.intra_kd import intra_kd_loss as jax_intra_kd_loss
+from intrakd_jax.losses.segmentation import weighted_cross_entropy
 
 # ----------------------------------------------------------------------------------------------
 # ERFNet
@@ -626,13 +637,6 @@ def check_against_jax(seed: int = 0) -> dict[str, float]:
     weighted cross entropy, the IntRA-KD loss and its gradient with respect to the student
     features, and the ERFNet parameter gradient of CE + IntRA-KD (train mode without dropout).
     """
-    import jax
-    import jax.numpy as jnp
-
-    from intrakd_jax import models
-    from intrakd_jax.losses.intra_kd import intra_kd_loss as jax_intra_kd_loss
-    from intrakd_jax.losses.segmentation import weighted_cross_entropy
-
     rng = np.random.default_rng(seed)
     n = 4
     images = rng.normal(size=(2, 48, 64, 3)).astype(np.float32)
@@ -747,10 +751,4 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
-    import os
-    import sys
-    from pathlib import Path
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     _main()

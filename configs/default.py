@@ -1,7 +1,7 @@
 """Settings shared by every dataset config: stages, models, optimisation, distillation, logging.
 
 Dataset configs (configs/llamas.py, ...) start from ``get_base_config()`` and fill ``config.data``.
-Every field can be overridden on the command line, e.g. ``--config.distill.weight=100``.
+Every field can be overridden on the command line, e.g. ``--config.distill.intra_kd.weight=100``.
 """
 
 from collections.abc import Callable
@@ -52,18 +52,42 @@ def get_base_config() -> ml_collections.ConfigDict:
     # teacher stage of this workdir (<workdir>/teacher).
     c.teacher.checkpoint = config_dict.placeholder(str)
 
-    # The student (ERFNet in the official recipe).
+    # The student: erfnet (the official recipe), enet, resnet18 or resnet34. model_kwargs has one
+    # section of arguments per student; the section of config.student.model is used, e.g.
+    # --config.student.model=resnet18 --config.student.model_kwargs.resnet18.base_width=32.
     c.student = ml_collections.ConfigDict()
     c.student.model = "erfnet"
     c.student.model_kwargs = ml_collections.ConfigDict(
         {
-            "channels": (16, 64, 128),
-            "num_stage1_blocks": 5,
-            "num_stage2_repeats": 2,
-            "stage1_dropout": 0.03,
-            "stage2_dropout": 0.3,
-            "conv_impl": "fast",
-            "remat": False,  # recompute block activations in the backward pass (less memory)
+            "erfnet": {
+                "channels": (16, 64, 128),
+                "num_stage1_blocks": 5,
+                "num_stage2_repeats": 2,
+                "stage1_dropout": 0.03,
+                "stage2_dropout": 0.3,
+                "conv_impl": "fast",
+                "remat": False,  # recompute block activations in the backward pass (less memory)
+            },
+            # ENet (Paszke et al. 2016) with ENet-SAD's fourth encoder stage.
+            "enet": {
+                "channels": (16, 64, 128),
+                "stage1_dropout": 0.01,
+                "dropout": 0.1,
+                "conv_impl": "fast",
+            },
+            # Dilated ResNets (output stride 8) with a light head (models/resnet_student.py).
+            "resnet18": {
+                "base_width": 64,
+                "head_channels": 128,
+                "dropout_rate": 0.1,
+                "conv_impl": "fast",
+            },
+            "resnet34": {
+                "base_width": 64,
+                "head_channels": 128,
+                "dropout_rate": 0.1,
+                "conv_impl": "fast",
+            },
         }
     )
     c.student.num_train_steps = 10_000
@@ -77,17 +101,55 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optim.poly_power = 0.9
     c.optim.clip_grad_norm = 0.0  # 0 = off (official); e.g. 10 tames early IntRA-KD spikes
 
-    # IntRA-KD (METHOD.md section 2). taps: (student tap, teacher tap, weight) pairs; add
-    # ("stage1", "layer1", 1.0) for the multi-level (1/8 + 1/4) option.
+    # Distillation (the distill stage): CE + sum of weight * term over the enabled terms
+    # (intrakd_jax/losses/terms.py; METHOD.md sections 2 and 4). terms: any of intra_kd, kd, at,
+    # skd_pixel, skd_pair, sad, cwd, as a tuple or a comma string, e.g.
+    # --config.distill.terms=intra_kd,kd
+    # taps: (student tap, teacher tap, weight) triples; a tap is a model's tap name or a level,
+    # "high" (1/8: ERFNet encoder, PSPNet psp) or "mid" (1/4: ERFNet stage1, PSPNet layer1), e.g.
+    # --config.distill.intra_kd.taps="(('high','high',1.0),('mid','mid',1.0))" for 1/8 + 1/4.
     c.distill = ml_collections.ConfigDict()
-    c.distill.weight = 10.0  # lambda
-    c.distill.taps = (("encoder", "psp", 1.0),)
-    c.distill.kernel_size = 5
-    c.distill.moment_weights = (1.0, 1.0, 1.0)
-    c.distill.normalizer = "soft_mass"  # soft_mass | count | area
-    c.distill.skew_denominator = "std_cubed"  # std_cubed | var
-    c.distill.logit_kd_weight = 0.0  # optional Hinton KD term (baseline), off by default
-    c.distill.logit_kd_temperature = 1.0
+    c.distill.terms = ("intra_kd",)
+    # IntRA-KD (METHOD.md section 2): lambda 10 and alpha (1, 1, 1) from the paper; kernel 5 from
+    # its supplementary; soft-mass normaliser and sqrt(var + eps)^3 skewness are the project's
+    # reading (area, kernel 11 = the author's later sketch, METHOD.md 4a).
+    c.distill.intra_kd = ml_collections.ConfigDict(
+        {
+            "weight": 10.0,
+            "taps": (("high", "high", 1.0),),
+            "kernel_size": 5,
+            "moment_weights": (1.0, 1.0, 1.0),  # mean, variance, skewness graphs
+            "normalizer": "soft_mass",  # soft_mass | count | area
+            "skew_denominator": "std_cubed",  # std_cubed | var
+        }
+    )
+    # Hinton KD on the logits, over labelled pixels. No release fixes T and the weight for
+    # segmentation: the project's choice, T = 1 (CIRKD's segmentation KD loss default,
+    # winycg/CIRKD losses/kd.py) and weight 1 (with the T^2 factor, gradients on the CE's scale).
+    c.distill.kd = ml_collections.ConfigDict({"weight": 1.0, "temperature": 1.0})
+    # Attention transfer: p = 2 and beta = 1000 times the per-map mean squared difference of the
+    # normalised maps (szagoruyko/attention-transfer, cifar.py and README).
+    c.distill.at = ml_collections.ConfigDict(
+        {"weight": 1000.0, "taps": (("high", "high", 1.0),), "p": 2.0}
+    )
+    # SKD (irfanICMLL/structure_knowledge_distillation): pixel-wise weight 10; pair-wise weight 1
+    # (0.5 in one of their scripts) on the 1/8 context features, 0.5 -> 2 x 2 max-pooled nodes,
+    # node norms detached as in their criterion. The holistic (GAN) term is not implemented.
+    c.distill.skd_pixel = ml_collections.ConfigDict({"weight": 10.0})
+    c.distill.skd_pair = ml_collections.ConfigDict(
+        {
+            "weight": 1.0,
+            "taps": (("high", "high", 1.0),),
+            "node_fraction": 0.5,
+            "detach_norm": True,
+        }
+    )
+    # SAD (Hou et al., ICCV 2019): no teacher; the student's sad_taps, weight 0.1 per block pair,
+    # switched on after a warm-up (the second half of training here).
+    c.distill.sad = ml_collections.ConfigDict({"weight": 0.1, "start_fraction": 0.5})
+    # CWD (Shu et al., ICCV 2021) on the logits: tau 1 and weight 5, the authors' Cityscapes
+    # logits config (pppppM/mmsegmentation-distiller, also mmrazor's; ADE20K: weight 10).
+    c.distill.cwd = ml_collections.ConfigDict({"weight": 5.0, "temperature": 1.0})
 
     # Evaluation (mode=evaluate, and the end of every stage).
     c.eval = ml_collections.ConfigDict()
@@ -102,7 +164,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     )
     c.eval.exist_min_fraction = 0.0005  # a lane slot exists when this share of pixels predicts it
     c.eval.include_void = True  # ApolloScape official mIoU averages void too (public script)
-    c.eval.workers = config_dict.placeholder(int)  # CULane evaluator processes; None = all cores
+    c.eval.workers = config_dict.placeholder(int)  # lane-metric processes; None = all cores
     # mode=evaluate: what to evaluate: a stage dir, its best/ or checkpoints/, or a step folder;
     # several separated by commas.
     c.checkpoint = config_dict.placeholder(str)
@@ -217,7 +279,7 @@ def _synthetic_demo_sizes(c: ml_collections.ConfigDict) -> None:
     # A from-scratch ERFNet needs a higher rate than the official 0.01 (which starts from
     # pretrained weights) to learn thin markings in 500 steps; narrower than (16, 32, 64) it
     # does not learn them at all in this budget.
-    c.student.model_kwargs.update(channels=(16, 32, 64), stage2_dropout=0.1)
+    c.student.model_kwargs.erfnet.update(channels=(16, 32, 64), stage2_dropout=0.1)
     c.student.num_train_steps = 500
     c.student.learning_rate = 0.2
     c.optim.clip_grad_norm = 10.0
@@ -231,7 +293,9 @@ def _smoke_sizes(c: ml_collections.ConfigDict) -> None:
     c.eval_batch_size = 4
     c.teacher.model_kwargs.update(depth=18, base_width=4, head_channels=8, bins=(1, 2))
     c.teacher.num_train_steps = 3
-    c.student.model_kwargs.update(channels=(4, 8, 16), num_stage1_blocks=1, num_stage2_repeats=1)
+    c.student.model_kwargs.erfnet.update(
+        channels=(4, 8, 16), num_stage1_blocks=1, num_stage2_repeats=1
+    )
     c.student.num_train_steps = 3
     c.log_every_steps = 1
     c.checkpoint_every_steps = 1

@@ -2,7 +2,13 @@
 
 ``get_dataset(config.data)`` returns a dataset object with ``prepare``, ``info``,
 ``num_examples``, ``keys``, ``train_batches`` and ``eval_batches`` (see
-``data_pipelines.pipeline.SegmentationDataset``). This package never imports ``intrakd_jax``.
+``data_pipelines.dataset.SegmentationDataset``). This package never imports ``intrakd_jax``.
+
+Modules in layers, each importing only earlier ones: ``errors``, ``util`` and ``formats`` (the
+datasets' file formats, numpy/OpenCV only: no TensorFlow, no jax); ``augment`` and ``options``;
+``synthetic`` (the generators of the synthetic twins); ``sources``, ``loader`` and ``dataset``
+(tf.data); the readers ``llamas``, ``culane`` and ``apolloscape``; ``check``; ``tfds_builders``
+(which reaches the readers through ``get_dataset``). Importing this package loads no reader.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ def get_dataset(data_config):
         data_config: the ``config.data`` ConfigDict.
 
     Returns:
-        A ``data_pipelines.pipeline.SegmentationDataset``.
+        A ``data_pipelines.dataset.SegmentationDataset``.
 
     Raises:
         ValueError: unknown ``data_config.name`` (the message lists the known names).
@@ -58,9 +64,7 @@ def get_dataset(data_config):
 
 
 def __getattr__(name: str):
-    # The pipeline module imports TensorFlow, so its classes are loaded on first access only.
+    # The dataset module imports TensorFlow, so its classes are loaded on first access only.
     if name in ("DatasetInfo", "SegmentationDataset"):
-        from data_pipelines import pipeline
-
-        return getattr(pipeline, name)
+        return getattr(importlib.import_module("data_pipelines.dataset"), name)
     raise AttributeError(f"module 'data_pipelines' has no attribute {name!r}")

@@ -4,16 +4,17 @@
 
 * the reader's list/layout problems (``dataset.list_problems(split)``: malformed list lines with
   file and line, files the lists reference that do not exist);
-* missing image/label files of the examples;
+* missing image/label files of the examples (``dataset.check_examples(split)``);
 * images and labels that do not decode fully (truncated or garbage files: decoded with Pillow,
   which rejects truncated JPEGs that ``cv2.imread`` silently returns half-grey);
 * label values outside the class table (``dataset.check_label(path)``);
 * image/label size mismatches;
 * for LLAMAS, json label files that do not parse (with the line of the syntax error) or lack
-  fields (``llamas.read_json``'s validation).
+  fields (``formats.llamas.read_json``'s validation).
 
 Files are read by a thread pool (decoding releases the GIL); progress and ETA are logged. The
-returned ``CheckReport`` prints every problem (``format()``) and a per-split, per-kind summary.
+returned ``CheckReport`` prints every problem (a ``formats.lists.Problem``, ``format()``) and a
+per-split, per-kind summary.
 ``python main.py --config=... --config.mode=check_data`` runs it and exits non-zero when the
 report is not clean.
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -32,44 +32,11 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image
 
+from data_pipelines import llamas
 from data_pipelines.errors import DataError, LabelFormatError
-from data_pipelines.pipeline import ProgressLogger, format_seconds
-
-# kind -> what it means (the report's legend).
-KINDS: dict[str, str] = {
-    "missing_file": "a file the lists or the folder layout reference does not exist",
-    "unreadable_image": "an image or label file that does not decode fully",
-    "label_value": "label values outside the class table",
-    "size_mismatch": "an image and its label differ in size",
-    "malformed_line": "a list line (or json text) that does not parse",
-    "malformed_label": "a label annotation that parses but lacks or mistypes fields",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """One problem of a dataset.
-
-    Attributes:
-        kind: one of ``KINDS``.
-        path: the file at fault (for a missing file: the path that was expected).
-        line: 1-based line number in ``path`` where applicable, else None.
-        message: what is wrong and what was expected.
-    """
-
-    kind: str
-    path: str
-    line: int | None
-    message: str
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"Problem.kind must be one of {list(KINDS)}, got {self.kind!r}")
-
-    def format(self) -> str:
-        """``path:line: [kind] message`` (no ``:line`` when there is none)."""
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
-        return f"{where}: [{self.kind}] {self.message}"
+from data_pipelines.formats.lists import KINDS, Problem
+from data_pipelines.formats.llamas import COLOR_SUFFIX, clean_label
+from data_pipelines.util import ProgressLogger, format_seconds
 
 
 @dataclasses.dataclass
@@ -161,8 +128,13 @@ class CheckReport:
             "num_files": self.num_files,
             "seconds": self.seconds,
             "counts": self.counts(),
-            "problems": {s: [dataclasses.asdict(p) for p in ps] for s, ps in self.problems.items()},
+            "problems": {s: [_problem_json(p) for p in ps] for s, ps in self.problems.items()},
         }
+
+
+def _problem_json(p: Problem) -> dict:
+    # ``blocking`` matters to the readers only: the report lists every problem alike.
+    return {"kind": p.kind, "path": p.path, "line": p.line, "message": p.message}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,56 +239,11 @@ def _reader_label_checker(dataset) -> Callable[[str], tuple[tuple[int, int] | No
 # What to check per split.
 
 
-def _culane_examples(dataset, split: str) -> list:
-    """CULane: every well-formed list entry whose files exist (the rest are list problems)."""
-    from data_pipelines import culane, pipeline
-
-    fmt = culane.LIST_FILES[split][1]
-    entries, _ = culane.parse_list(
-        dataset.list_path(split),
-        fmt,
-        data_dir=dataset.data_dir,
-        root_rewrite=dataset.root_rewrite,
-        strict=False,
-    )
-    out = []
-    for e in entries:
-        image = os.path.join(dataset.data_dir, e.image)
-        if e.label is not None:
-            label = os.path.join(dataset.data_dir, e.label)
-        else:  # image-only lists: the labels the reader derives, where they exist
-            label = os.path.join(dataset.data_dir, culane.LABEL_DIR, e.key + ".png")
-            label = label if os.path.isfile(label) else None
-        if os.path.isfile(image) and (label is None or os.path.isfile(label)):
-            out.append(pipeline.Example(e.key, image, label))
-    return out
-
-
-def _apolloscape_examples(dataset, split: str) -> list:
-    """ApolloScape: the entries its lenient list/layout reading keeps (files exist)."""
-    from data_pipelines import pipeline
-
-    entries, _ = dataset._read_split(split)
-    return [
-        pipeline.Example(e.key, e.image_path, None if split == "test" else e.label_path)
-        for e in entries
-    ]
-
-
-# Readers whose ``examples`` raise at the first list problem: how to list the well-formed rest.
-# A reader can instead provide ``check_examples(split)``.
-_LENIENT_EXAMPLES = {"culane": _culane_examples, "apolloscape": _apolloscape_examples}
-
-
 def _generic_plan(dataset, split: str) -> tuple[list[Problem], list[_Entry]]:
     """List problems from the reader, then every example it can list."""
     problems = list(dataset.list_problems(split))
-    lenient = getattr(dataset, "check_examples", None)
-    if not callable(lenient):
-        lenient = _LENIENT_EXAMPLES.get(dataset.info.name)
-        lenient = None if lenient is None else functools.partial(lenient, dataset)
     try:
-        examples = lenient(split) if lenient is not None else dataset.examples(split)
+        examples = dataset.check_examples(split)
     except DataError as e:
         if not problems:  # a strict listing failed on something list_problems did not report
             problems.append(_problem_from_error(e))
@@ -339,15 +266,7 @@ def _problem_from_error(e: DataError) -> Problem:
     return Problem("missing_file", "", None, text)
 
 
-def _is_llamas(dataset) -> bool:
-    from data_pipelines import llamas
-
-    return isinstance(dataset, llamas.LlamasDataset)
-
-
 def _llamas_label_checker(min_lane_height: int):
-    from data_pipelines import llamas
-
     def check(path: str):
         try:
             with open(path, encoding="utf-8") as f:
@@ -357,7 +276,7 @@ def _llamas_label_checker(min_lane_height: int):
         except (OSError, UnicodeDecodeError) as e:
             return None, [Problem("unreadable_image", path, None, f"cannot read: {e}")]
         try:
-            llamas.clean_label(raw, min_lane_height=min_lane_height, source=path)
+            clean_label(raw, min_lane_height=min_lane_height, source=path)
         except LabelFormatError as e:
             message = str(e)
             if message.startswith(path + ": "):
@@ -366,19 +285,6 @@ def _llamas_label_checker(min_lane_height: int):
         return None, []  # rendered labels take the split's size and only table values
 
     return check
-
-
-def _list_files(root: str, suffix: str) -> dict[str, str]:
-    out = {}
-    if not os.path.isdir(root):
-        return out
-    for rec in sorted(os.listdir(root)):
-        rec_dir = os.path.join(root, rec)
-        if os.path.isdir(rec_dir):
-            for name in sorted(os.listdir(rec_dir)):
-                if name.endswith(suffix):
-                    out[f"{rec}/{name[: -len(suffix)]}"] = os.path.join(rec_dir, name)
-    return out
 
 
 def llamas_plan(dataset, split: str) -> tuple[list[Problem], list[_Entry]]:
@@ -391,8 +297,6 @@ def llamas_plan(dataset, split: str) -> tuple[list[Problem], list[_Entry]]:
     Returns:
         ``(problems, entries)`` of the split (all files, ``max_examples`` ignored).
     """
-    from data_pipelines import llamas
-
     ensure = getattr(dataset, "_ensure_generated", None)
     if callable(ensure):
         ensure()
@@ -404,13 +308,13 @@ def llamas_plan(dataset, split: str) -> tuple[list[Problem], list[_Entry]]:
         problems.append(
             Problem("missing_file", image_root, None, f"LLAMAS {split} image folder is missing")
         )
-    images = _list_files(image_root, llamas.COLOR_SUFFIX)
+    images = llamas.list_frames(image_root, COLOR_SUFFIX)
     has_labels = os.path.isdir(label_root)
     if not has_labels and split != "test":
         problems.append(
             Problem("missing_file", label_root, None, f"LLAMAS {split} label folder is missing")
         )
-    labels = _list_files(label_root, ".json")
+    labels = llamas.list_frames(label_root, ".json")
     for key in sorted(set(images) - set(labels) if has_labels else ()):
         rec, ts = key.split("/")
         problems.append(
@@ -426,7 +330,7 @@ def llamas_plan(dataset, split: str) -> tuple[list[Problem], list[_Entry]]:
         problems.append(
             Problem(
                 "missing_file",
-                os.path.join(image_root, rec, ts + llamas.COLOR_SUFFIX),
+                os.path.join(image_root, rec, ts + COLOR_SUFFIX),
                 None,
                 f"image of label {labels[key]} is missing",
             )
@@ -490,7 +394,7 @@ def check_dataset(
     name = dataset.info.name
     start = time.monotonic()
     report = CheckReport(dataset=name, problems={}, num_examples={})
-    plan = llamas_plan if _is_llamas(dataset) else _generic_plan
+    plan = llamas_plan if isinstance(dataset, llamas.LlamasDataset) else _generic_plan
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         for split in splits:
             problems, entries = plan(dataset, split)

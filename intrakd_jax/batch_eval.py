@@ -18,22 +18,16 @@ Process 0 writes files and computes the full-resolution metrics; every process r
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
-from data_pipelines.pipeline import ProgressLogger
-from intrakd_jax import checkpointing, parallel, steps
+from intrakd_jax import checkpointing, inference
 from intrakd_jax.evaluation import protocols, report, visualize
-from intrakd_jax.evaluation.segmentation import iou_from_confusion
 
 EVAL_DIR = "evaluate"
 
@@ -63,75 +57,6 @@ def run_name(path: str, step: int) -> str:
         parts.pop()
     stage = re.sub(r"[^A-Za-z0-9_.-]+", "_", parts[-1]) or "checkpoint"
     return f"{stage}_step{step}"
-
-
-def num_eval_batches(num_examples: int, batch_size: int, max_batches: int | None = None) -> int:
-    """Global batches covering ``num_examples`` (the last one padded), at most ``max_batches``."""
-    total = -(-num_examples // batch_size)
-    return min(total, max_batches) if max_batches else total
-
-
-def predict_split(
-    eval_step, variables: Any, dataset, split: str, mesh, batch_size: int, num_batches: int
-) -> Iterator[tuple[np.ndarray, dict, jax.Array]]:
-    """Runs ``eval_step`` over the first ``num_batches`` global batches of ``split`` on ``mesh``.
-
-    Every process reads its own slice of each global batch; padded rows carry ``mask`` False.
-
-    Yields:
-      ``(confusion_kk, global_batch, probs_bhwk)``: the batch's confusion matrix (int64 numpy,
-      padded rows excluded), the global batch and the class probabilities on device.
-    """
-    batches = dataset.eval_batches(
-        split,
-        parallel.local_batch_size(batch_size, mesh),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    for batch in itertools.islice(batches, num_batches):
-        gbatch = parallel.to_global(batch, mesh)
-        batch_conf, probs = eval_step(variables, gbatch)
-        yield np.asarray(jax.device_get(batch_conf), np.int64), gbatch, probs
-
-
-def confusion_metrics(conf_kk: np.ndarray, class_names) -> dict:
-    """mIoU, per-class IoU and pixel accuracy of a confusion matrix, plus IoU by class name."""
-    metrics = iou_from_confusion(conf_kk)
-    metrics["iou_by_class"] = dict(zip(class_names, metrics["iou"], strict=True))
-    return metrics
-
-
-def make_predict_fn(model, variables, mesh):
-    """``predict(images_bhwc) -> probs_bhwk`` (numpy) for arbitrary batch sizes and shapes.
-
-    The batch is padded to a multiple of the device count and sharded over ``data``; each new
-    input shape compiles once (test-time augmentation uses a handful).
-    """
-    num_devices = mesh.devices.size
-
-    def per_device(variables, images):
-        logits, _ = model.apply(variables, images, train=False)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-
-    sharded = jax.jit(
-        jax.shard_map(
-            per_device,
-            mesh=mesh,
-            in_specs=(P(), P(parallel.DATA_AXIS)),
-            out_specs=P(parallel.DATA_AXIS),
-        )
-    )
-
-    def predict(images_bhwc: np.ndarray) -> np.ndarray:
-        images = np.asarray(images_bhwc, np.float32)
-        n = images.shape[0]
-        pad = -n % num_devices
-        if pad:
-            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.float32)])
-        arr = jax.device_put(images, parallel.batch_sharded(mesh))
-        return parallel.to_host(sharded(variables, arr))[:n]
-
-    return predict
 
 
 def _overlay_row(image_hwc, label_hw, pred_hw, data_config, num_classes: int) -> np.ndarray:
@@ -183,49 +108,46 @@ def evaluate_one(
         workers=ecfg.get("workers"),
     )
     lead = jax.process_index() == 0
-    predict_fn = make_predict_fn(model, variables, mesh) if ctx.tta != "none" else None
+    predict_fn = inference.make_predict_fn(model, variables, mesh) if ctx.tta != "none" else None
     protocol = protocols.get_protocol(info.name, ctx, predict_fn)
-    eval_step = steps.make_eval_step(model, mesh, info.num_classes, info.ignore_label)
     num_overlays = int(ecfg.get("num_overlays", 16))
     if lead:
         os.makedirs(os.path.join(out_dir, "overlays"), exist_ok=True)
 
-    conf = np.zeros((info.num_classes, info.num_classes), np.int64)
-    total = num_eval_batches(len(examples), config.eval_batch_size, ecfg.max_batches)
-    progress = ProgressLogger(
-        f"[evaluate {os.path.basename(out_dir)}] images",
-        min(len(examples), total * config.eval_batch_size),
-        every_s=10.0,
-    )
     written = 0
-    predictions = predict_split(
-        eval_step, variables, dataset, split, mesh, config.eval_batch_size, total
-    )
-    for batch_conf, gbatch, probs in predictions:
-        conf += batch_conf
-        host = parallel.to_host({"probs": probs, **gbatch})
-        valid = np.flatnonzero(host["mask"])
-        if lead:
-            for j in valid:
-                ex = examples[int(host["index"][j])]
-                protocol.add(ex.key, ex.image_path, ex.label_path, host["probs"][j])
-                if num_overlays < 0 or written < num_overlays:
-                    row = _overlay_row(
-                        host["image"][j],
-                        host["label"][j],
-                        host["probs"][j].argmax(-1),
-                        config.data,
-                        info.num_classes,
-                    )
-                    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", ex.key) + ".png"
-                    visualize.save_png(os.path.join(out_dir, "overlays", name), row)
-                    written += 1
-        progress.update(len(valid))
-    progress.finish()
 
-    metrics = confusion_metrics(conf, info.class_names)
+    def consume(host: dict[str, np.ndarray]) -> None:
+        nonlocal written
+        if not lead:
+            return
+        for j in np.flatnonzero(host["mask"]):
+            ex = examples[int(host["index"][j])]
+            protocol.add(ex.key, ex.image_path, ex.label_path, host["probs"][j])
+            if num_overlays < 0 or written < num_overlays:
+                row = _overlay_row(
+                    host["image"][j],
+                    host["label"][j],
+                    host["probs"][j].argmax(-1),
+                    config.data,
+                    info.num_classes,
+                )
+                name = re.sub(r"[^A-Za-z0-9_.-]+", "_", ex.key) + ".png"
+                visualize.save_png(os.path.join(out_dir, "overlays", name), row)
+                written += 1
+
+    metrics = inference.evaluate_split(
+        model,
+        variables,
+        dataset,
+        split,
+        mesh,
+        config.eval_batch_size,
+        max_batches=ecfg.max_batches,
+        desc=f"evaluate {os.path.basename(out_dir)}",
+        on_batch=consume,
+    )
     tables = {}
-    if conf.sum():  # an unlabelled split (a test set) has no pixels to score here
+    if metrics["num_pixels"]:  # an unlabelled split (a test set) has no pixels to score here
         tables["mIoU at network resolution"] = report.markdown_table(
             [{"class": n, "IoU": v} for n, v in metrics["iou_by_class"].items()]
             + [{"class": "**mean**", "IoU": metrics["miou"]}],

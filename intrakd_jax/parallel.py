@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -88,7 +89,5 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 def to_host(tree: Any) -> Any:
     """Fetches a (possibly multi-host) sharded pytree to numpy on every process."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         return multihost_utils.process_allgather(tree, tiled=True)
     return jax.tree.map(np.asarray, tree)

@@ -2,8 +2,9 @@
 
 Each device sees its slice of the batch. BatchNorm statistics are synced over ``data`` (the models
 are built with ``bn_axis_name="data"``), the cross entropy's numerator and denominator are summed
-over devices before dividing, and the distillation term is averaged over devices, so the loss and
-the gradients are those of the whole global batch: one device and N devices give the same update.
+over devices before dividing, and so are the per-pixel distillation terms' (the other terms are
+means over equal shards, averaged over devices), so the loss and the gradients are those of the
+whole global batch: one device and N devices give the same update.
 Parameters enter the shard_map replicated, so jax sums their gradients over ``data`` itself.
 
 The teacher's variables are a separate argument: frozen, never donated, never optimised.
@@ -23,10 +24,9 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from intrakd_jax.evaluation.segmentation import confusion_matrix
-from intrakd_jax.losses.baselines import logit_kd_loss
-from intrakd_jax.losses.intra_kd import multi_tap_intra_kd_loss
+from intrakd_jax.evaluation.device import confusion_matrix
 from intrakd_jax.losses.segmentation import weighted_cross_entropy_sums
+from intrakd_jax.losses.terms import DistillSpec, distill_losses
 from intrakd_jax.parallel import DATA_AXIS
 
 
@@ -47,20 +47,6 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
-
-
-@flax.struct.dataclass
-class DistillSettings:
-    """Static settings of the distillation term (hashable, closed over by the step)."""
-
-    weight: float = 10.0
-    taps: tuple[tuple[str, str, float], ...] = (("encoder", "psp", 1.0),)
-    kernel_size: int = 5
-    moment_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    normalizer: str = "soft_mass"
-    skew_denominator: str = "std_cubed"
-    logit_kd_weight: float = 0.0
-    logit_kd_temperature: float = 1.0
 
 
 # Initialisation runs once: XLA's optimisation passes cost far more compile time than they save.
@@ -101,9 +87,13 @@ def make_train_step(
     class_weights: Sequence[float],
     ignore_label: int = 255,
     teacher: nn.Module | None = None,
-    distill: DistillSettings | None = None,
+    distill: DistillSpec | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """Builds ``step(state, teacher_vars, batch) -> (state, metrics)``, jitted, state donated.
+
+    The objective is CE + the weighted distillation terms of ``distill``
+    (``losses.terms.distill_losses``). The teacher runs once per step, outside the gradient, and
+    only when a term needs it; SAD-only (or term-less) steps never call it.
 
     Args:
       model: the trained network, built with ``bn_axis_name=DATA_AXIS``.
@@ -112,16 +102,27 @@ def make_train_step(
       num_classes: number of segmentation classes.
       class_weights: per-class cross-entropy weights.
       ignore_label: label value excluded from every loss.
-      teacher: the frozen teacher network for distillation (None: plain training).
-      distill: distillation settings (required with a teacher).
+      teacher: the frozen teacher network; required when ``distill.needs_teacher``, otherwise
+        unused.
+      distill: the distillation terms (``losses.terms.distill_spec_from_config``); None or no
+        terms: plain training.
 
     Returns:
-      The jitted step. ``teacher_vars`` is ignored (pass ``{}``) without a teacher. Metrics are
-      replicated scalars: loss, ce, and with a teacher intra_kd (and logit_kd).
+      The jitted step. ``teacher_vars`` is ignored (pass ``{}`` or None) when no term needs the
+      teacher. Metrics are replicated scalars: ``ce``, each term's unweighted value by name,
+      ``loss`` (CE + weighted terms) and ``grad_norm``.
+
+    Raises:
+      ValueError: a term needs the teacher and ``teacher`` is None.
     """
     weights = jnp.asarray(class_weights, jnp.float32)
-    if teacher is not None and distill is None:
-        distill = DistillSettings()
+    distill = distill or DistillSpec()
+    if distill.needs_teacher and teacher is None:
+        raise ValueError(
+            f"make_train_step: the distillation terms {list(distill.names)} include terms that "
+            "need a teacher, but teacher is None"
+        )
+    run_teacher = distill.needs_teacher
 
     def per_device(state: TrainState, teacher_vars: Any, batch: dict[str, jax.Array]):
         images_bhwc, labels_bhw = batch["image"], batch["label"]
@@ -130,10 +131,12 @@ def make_train_step(
         dropout_key = jax.random.fold_in(
             jax.random.fold_in(key, state.step), jax.lax.axis_index(DATA_AXIS)
         )
-        teacher_out = None
-        if teacher is not None:
-            teacher_out = teacher.apply(teacher_vars, images_bhwc, train=False)
-            teacher_out = jax.lax.stop_gradient(teacher_out)
+        t_logits, t_taps = None, None
+        if run_teacher:
+            # Once per step and outside loss_fn: the gradient never traces through the teacher.
+            t_logits, t_taps = jax.lax.stop_gradient(
+                teacher.apply(teacher_vars, images_bhwc, train=False)
+            )
 
         def loss_fn(params):
             (logits, taps), new_vars = model.apply(
@@ -148,36 +151,20 @@ def make_train_step(
             ce = num / jnp.maximum(den, 1e-12)
             metrics = {"ce": ce}
             loss = ce
-            if teacher_out is not None:
-                t_logits, t_taps = teacher_out
-                kd = multi_tap_intra_kd_loss(
+            if distill.terms:
+                total, values = distill_losses(
+                    distill,
+                    logits,
                     taps,
+                    t_logits,
                     t_taps,
                     labels_bhw,
-                    num_classes,
-                    distill.taps,
-                    kernel_size=distill.kernel_size,
-                    moment_weights=distill.moment_weights,
+                    state.step,
                     ignore_label=ignore_label,
-                    normalizer=distill.normalizer,
-                    skew_denominator=distill.skew_denominator,
+                    axis_name=DATA_AXIS,
                 )
-                # Equal shards: the mean of per-device batch means is the global batch mean.
-                kd = jax.lax.pmean(kd, DATA_AXIS)
-                metrics["intra_kd"] = kd
-                loss = loss + distill.weight * kd
-                if distill.logit_kd_weight:
-                    lkd = jax.lax.pmean(
-                        logit_kd_loss(
-                            logits,
-                            t_logits,
-                            temperature=distill.logit_kd_temperature,
-                            mask=labels_bhw != ignore_label,
-                        ),
-                        DATA_AXIS,
-                    )
-                    metrics["logit_kd"] = lkd
-                    loss = loss + distill.logit_kd_weight * lkd
+                metrics.update(values)
+                loss = loss + total
             metrics["loss"] = loss
             return loss, (metrics, new_vars["batch_stats"])
 

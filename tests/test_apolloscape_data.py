@@ -19,9 +19,10 @@ from PIL import Image
 import data_pipelines
 from configs import apolloscape as apolloscape_config
 from data_pipelines import apolloscape as ap
-from data_pipelines import apolloscape_classes as classes
-from data_pipelines import augment, pipeline
+from data_pipelines import augment
 from data_pipelines.errors import DataConfigError, DatasetLayoutError, LabelFormatError
+from data_pipelines.formats import apolloscape as apollo
+from data_pipelines.formats import lists
 from data_pipelines.synthetic import apolloscape as synth
 from intrakd_jax.evaluation import apolloscape as ap_eval
 
@@ -41,7 +42,7 @@ def ref_trainids(ids):
 def palette_png(ids, palette_rgb=None) -> bytes:
     img = Image.fromarray(np.asarray(ids, np.uint8))
     pal = np.zeros((256, 3), np.uint8)
-    for label in classes.LABELS:
+    for label in apollo.LABELS:
         pal[label.id] = label.color
     img.putpalette((pal if palette_rgb is None else palette_rgb).tobytes())
     buf = io.BytesIO()
@@ -67,18 +68,17 @@ def write(path, data=b"x"):
 
 
 def test_one_class_table_shared_with_evaluation():
-    assert ap_eval.LABELS is classes.LABELS
-    assert ap_eval.ID_TO_INTRAKD_TRAINID is classes.ID_TO_INTRAKD_TRAINID
-    assert [lb.id for lb in classes.LABELS] == NEW_LIST
-    assert [classes.HASH_TO_ROW[h] for h in ORIGIN_HASH] == list(range(38))
-    assert [classes.HASH_TO_INTRAKD_TRAINID[h] for h in ORIGIN_HASH] == [
+    assert ap_eval.LABELS is apollo.LABELS
+    assert [lb.id for lb in apollo.LABELS] == NEW_LIST
+    assert [apollo.HASH_TO_ROW[h] for h in ORIGIN_HASH] == list(range(38))
+    assert [apollo.HASH_TO_INTRAKD_TRAINID[h] for h in ORIGIN_HASH] == [
         min(t, 36) for t in range(38)
     ]
-    assert (classes.HASH_TO_INTRAKD_TRAINID != 255).sum() == 38  # white (ignored) is class 36
-    assert classes.ID_PALETTE[200].tolist() == [70, 130, 180] and not classes.ID_PALETTE[7].any()
+    assert (apollo.HASH_TO_INTRAKD_TRAINID != 255).sum() == 38  # white (ignored) is class 36
+    assert apollo.ID_PALETTE[200].tolist() == [70, 130, 180] and not apollo.ID_PALETTE[7].any()
     assert ap_eval.FULL_HW == (2710, 3384) and ap_eval.CROP_TOP == 1700
     # Mirroring swaps thru-left/thru-right (21, 22) and left/right (24, 25) arrows only.
-    swapped = {k: int(v) for k, v in enumerate(classes.INTRAKD_HFLIP_LUT) if v != k}
+    swapped = {k: int(v) for k, v in enumerate(apollo.INTRAKD_HFLIP_LUT) if v != k}
     assert swapped == {21: 22, 22: 21, 24: 25, 25: 24}
 
 
@@ -98,11 +98,11 @@ def test_palette_gray_and_rgb_decode_to_identical_class_maps(tmp_path):
     expected = ref_trainids(ids)
     assert expected[7, 0] == expected[7, 1] == 255 and expected[0, 36] == expected[0, 37] == 36
     rgb = np.zeros(ids.shape + (3,), np.uint8)
-    for label in classes.LABELS:
+    for label in apollo.LABELS:
         rgb[ids == label.id] = label.color
     pal = palette_png(ids)
     encodings = {"palette": pal, "gray": png_bytes(ids), "rgb": png_bytes(rgb)}
-    assert {k: ap.png_color_type(v) for k, v in encodings.items()} == {
+    assert {k: apollo.png_color_type(v) for k, v in encodings.items()} == {
         "palette": 3,
         "gray": 0,
         "rgb": 2,
@@ -111,15 +111,15 @@ def test_palette_gray_and_rgb_decode_to_identical_class_maps(tmp_path):
     rgb_expected[7, :2] = 0  # unknown ids have no colour: the RGB file paints them black (void)
     for name, data in encodings.items():
         want = rgb_expected if name == "rgb" else expected
-        np.testing.assert_array_equal(ap.decode_label_bytes(data), want, err_msg=name)
+        np.testing.assert_array_equal(apollo.decode_label_bytes(data), want, err_msg=name)
         got_tf = ap.decode_label_tensor(tf.constant(data)).numpy()
         np.testing.assert_array_equal(got_tf[..., 0], want, err_msg=f"{name} via tf")
     # The palette file read by colour (OpenCV / TF expand the palette) gives the same train ids.
     path = write(tmp_path / "x_bin.png", pal)
     bgr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     assert bgr.shape == ids.shape + (3,)
-    from_cv2 = classes.rgb_to_intrakd_trainid(np.ascontiguousarray(bgr[..., ::-1]))
-    from_tf = classes.rgb_to_intrakd_trainid(tf.io.decode_png(pal, channels=3).numpy())
+    from_cv2 = apollo.rgb_to_intrakd_trainid(np.ascontiguousarray(bgr[..., ::-1]))
+    from_tf = apollo.rgb_to_intrakd_trainid(tf.io.decode_png(pal, channels=3).numpy())
     table_px = ids != 7
     table_px &= ids != 9
     np.testing.assert_array_equal(from_cv2[table_px], expected[table_px])
@@ -136,11 +136,11 @@ def test_hash_collisions_and_unknown_colours_are_255_and_reported(tmp_path):
     rgb[0, :3] = (255, 0, 0)  # ds_y_dn, hash 255
     rgb[1, :3] = (0, 85, 0)  # hash 3 * 85 = 255 as well, but no table colour
     rgb[2, :2] = (1, 2, 3)
-    got = ap.decode_label_bytes(png_bytes(rgb))
+    got = apollo.decode_label_bytes(png_bytes(rgb))
     assert got[0, :3].tolist() == [4, 4, 4]
     assert got[1, :3].tolist() == [255] * 3 and got[2, :2].tolist() == [255, 255]
     assert (got[3] == 0).all()
-    hw, messages = ap.label_problems(write(tmp_path / "c.png", png_bytes(rgb)))
+    hw, messages = apollo.label_problems(write(tmp_path / "c.png", png_bytes(rgb)))
     assert hw == (4, 6)
     assert "colour (0, 85, 0) is not a table colour at 3 pixels" in messages
     assert "colour (1, 2, 3) is not a table colour at 2 pixels" in messages
@@ -149,18 +149,18 @@ def test_hash_collisions_and_unknown_colours_are_255_and_reported(tmp_path):
 
 def test_check_label_reports_unknown_ids_and_bad_files(tmp_path):
     ids = all_ids_map()
-    hw, messages = ap.label_problems(write(tmp_path / "a_bin.png", palette_png(ids)))
+    hw, messages = apollo.label_problems(write(tmp_path / "a_bin.png", palette_png(ids)))
     assert hw == (8, 40)
     assert len(messages) == 1 and messages[0].startswith("ids {7, 9} are not ApolloScape class ids")
     assert "at 2 pixels" in messages[0]
     ids[7, :2] = 0
-    assert ap.label_problems(write(tmp_path / "b_bin.png", palette_png(ids)))[1] == []
+    assert apollo.label_problems(write(tmp_path / "b_bin.png", palette_png(ids)))[1] == []
     rgba = write(tmp_path / "rgba.png", png_bytes(np.zeros((2, 2, 4))))
     with pytest.raises(LabelFormatError, match=re.escape(rgba) + ".*mode 'RGBA'"):
-        ap.read_label_trainids(rgba)
+        apollo.read_label_trainids(rgba)
     junk = write(tmp_path / "junk_bin.png", b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(LabelFormatError, match=re.escape(junk)):
-        ap.label_problems(junk)
+        apollo.label_problems(junk)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def test_parse_list_rewrite_camera_spelling_spaces_and_flags(tmp_path):
         "Labels_road02/Label/Record001/Camera 6/170927_063810892_Camera_6_bin.png 0 1 1 0",
     ]
     list_path = write(root / "list/train.txt", ("\n".join(lines) + "\n").encode())
-    entries, issues = ap.parse_list(list_path, root, root_rewrite=[(ik, "")])
+    entries, issues = apollo.parse_list(list_path, root, root_rewrite=[(ik, "")])
     assert issues == []
     assert [(e.image_path, e.label_path) for e in entries] == [files[0], files[1], files[2]]
     assert [e.line for e in entries] == [1, 3, 4]
@@ -207,10 +207,10 @@ def test_parse_list_rewrite_camera_spelling_spaces_and_flags(tmp_path):
     assert entries[2].key.startswith("ColorImage_road02/ColorImage/Record001/Camera_6/")
     assert ap_eval.submission_png_name(entries[0].key) == "170927_063810892_Camera_5.png"
     # Rewriting to an absolute prefix works the same.
-    entries2, _ = ap.parse_list(list_path, root, root_rewrite=[(ik, str(root) + "/")])
+    entries2, _ = apollo.parse_list(list_path, root, root_rewrite=[(ik, str(root) + "/")])
     assert entries2[0] == entries[0]
     # Without the rewrite the foreign paths are missing files with a hint.
-    _, issues = ap.parse_list(list_path, root)
+    _, issues = apollo.parse_list(list_path, root)
     assert [(i.kind, i.line) for i in issues] == [("missing_file", 1), ("missing_file", 1)]
     assert "root_rewrite" in issues[0].message and f"{list_path}:1" in issues[0].message
 
@@ -229,7 +229,7 @@ def test_parse_list_reports_every_malformed_line_with_its_number(tmp_path):
         f"{rel(img)[:-5]}9.jpg {rel(lab)}",  # 7 missing image
     ]
     list_path = write(root / "list/val.txt", "\n".join(lines).encode())
-    entries, issues = ap.parse_list(list_path, root)
+    entries, issues = apollo.parse_list(list_path, root)
     assert [e.line for e in entries] == [1]
     want = [
         ("malformed_line", 2),
@@ -245,7 +245,7 @@ def test_parse_list_reports_every_malformed_line_with_its_number(tmp_path):
     assert issues[5].path.endswith("9.jpg")
     # Test lists: image only, or with a dummy label / flags, all fine.
     test_list = write(root / "list/test.txt", f"{rel(img)}\n{rel(img2)} dummy 1 1 1 1\n".encode())
-    test_entries, test_issues = ap.parse_list(test_list, root, labelled=False)
+    test_entries, test_issues = apollo.parse_list(test_list, root, labelled=False)
     assert test_issues == [] and [e.label_path for e in test_entries] == [None, None]
     # The reader stops at the first problem naming file:line, or skips with skip_corrupt.
     cfg = reader_config(root, split_source="lists", eval_split="valid")
@@ -254,9 +254,8 @@ def test_parse_list_reports_every_malformed_line_with_its_number(tmp_path):
         ds.keys("valid")
     cfg.skip_corrupt = True
     assert len(data_pipelines.get_dataset(cfg).examples("valid")) == 1
-    check = pytest.importorskip("data_pipelines.check")
     problems = data_pipelines.get_dataset(cfg).list_problems("valid")
-    assert all(isinstance(p, check.Problem) for p in problems)
+    assert all(isinstance(p, lists.Problem) for p in problems)
     assert [(p.kind, p.line) for p in problems] == want
 
 
@@ -266,13 +265,13 @@ def test_parse_list_reports_every_malformed_line_with_its_number(tmp_path):
 )
 def test_root_rewrite_validation(value):
     with pytest.raises(DataConfigError, match="root_rewrite"):
-        pipeline.normalize_root_rewrite(value)
+        lists.normalize_root_rewrite(value)
 
 
 def test_root_rewrite_forms():
-    assert pipeline.normalize_root_rewrite(None) == ()
-    assert pipeline.normalize_root_rewrite(("/a/", "")) == (("/a/", ""),)
-    assert pipeline.normalize_root_rewrite([("/a/", "b/"), ("/c/", "/d/")]) == (
+    assert lists.normalize_root_rewrite(None) == ()
+    assert lists.normalize_root_rewrite(("/a/", "")) == (("/a/", ""),)
+    assert lists.normalize_root_rewrite([("/a/", "b/"), ("/c/", "/d/")]) == (
         ("/a/", "b/"),
         ("/c/", "/d/"),
     )
@@ -411,9 +410,9 @@ def test_generator_layout_labels_and_lists(small):
         seen |= set(np.unique(ids[geo["crop_top"] : geo["hood_top"]]).tolist())
         # Palette-colour decoding (OpenCV) equals index decoding for the generated files.
         bgr = cv2.imread(str(lab), cv2.IMREAD_UNCHANGED)
-        from_colour = classes.rgb_to_intrakd_trainid(np.ascontiguousarray(bgr[..., ::-1]))
+        from_colour = apollo.rgb_to_intrakd_trainid(np.ascontiguousarray(bgr[..., ::-1]))
         np.testing.assert_array_equal(from_colour, ref_trainids(ids))
-    for label in classes.LABELS:
+    for label in apollo.LABELS:
         assert palette[label.id].tolist() == list(label.color)
     assert not palette[[i for i in range(256) if i not in NEW_LIST]].any()
     assert len(seen - {0, 249, 255}) >= 5, seen  # several marking classes in the labelled band
@@ -423,14 +422,14 @@ def test_generator_layout_labels_and_lists(small):
         text = (small / rel_list).read_text().splitlines()
         assert all(len(line.split()) == fields[split] for line in text)
         assert all("/Camera_" in line and "/Camera " not in line for line in text)
-        entries, issues = ap.parse_list(small / rel_list, small, labelled=split != "test")
+        entries, issues = apollo.parse_list(small / rel_list, small, labelled=split != "test")
         assert issues == [] and len(entries) == COUNTS[f"num_{split}"]
         assert all(os.path.isfile(e.image_path) for e in entries)
     # The folder scan reproduces the lists' splits.
-    scanned, issues = ap.scan_layout(small)
+    scanned, issues = apollo.scan_layout(small)
     assert all(not v for v in issues.values())
     for split, rel_list in synth.LIST_FILES.items():
-        entries, _ = ap.parse_list(small / rel_list, small, labelled=split != "test")
+        entries, _ = apollo.parse_list(small / rel_list, small, labelled=split != "test")
         assert [e.key for e in scanned[split]] == sorted(e.key for e in entries)
     assert all("/Record015/" in e.key for e in scanned["valid"])
     assert synth.read_marker(small) == synth.generator_params(seed=2, scale=SCALE, **COUNTS)
@@ -523,7 +522,7 @@ def test_scan_layout_split_rule_and_missing_label(small, tmp_path):
     os.remove(lab2)
     write(root / "Labels_road03/Label/Record003/Camera 6/170101_000000000_Camera_6_bin.png")
     flat = write(root / "ColorImage_road05/171206_061127409_Camera_5.jpg")
-    splits, issues = ap.scan_layout(root)
+    splits, issues = apollo.scan_layout(root)
     assert [e.image_path for e in splits["valid"]] == [img] and splits["test"][0].image_path == flat
     assert len(splits["train"]) == 1
     assert [(i.path, i.blocking) for i in issues["valid"]] == [(lab2, True)]

@@ -10,6 +10,7 @@ import pytest
 from apolloscape_reference import NEW_LIST, ORIGIN_HASH
 from PIL import Image
 
+from data_pipelines.formats import apolloscape as classes
 from intrakd_jax.evaluation import apolloscape as ap
 from intrakd_jax.evaluation import tta
 
@@ -17,15 +18,17 @@ EVAL_IDS = {0, 200, 204, 209, 201, 203, 217, 210, 214, 220, 221, 222, 224, 225, 
 
 
 def test_class_table():
-    assert len(ap.LABELS) == 38
-    assert [lb.id for lb in ap.LABELS] == NEW_LIST
-    assert [b * 5 + g * 3 + r for r, g, b in (lb.color for lb in ap.LABELS)] == ORIGIN_HASH
-    assert set(ap.EVAL_IDS) == EVAL_IDS
-    assert ap.INTRAKD_TRAINID_TO_ID.tolist() == NEW_LIST[:37]
-    assert ap.ID_TO_INTRAKD_TRAINID[249] == ap.ID_TO_INTRAKD_TRAINID[255] == 36
-    assert ap.ID_TO_TRAINID[249] == ap.ID_TO_TRAINID[255] == 255
-    assert ap.ID_TO_TRAINID[213] == 3 and ap.ID_TO_INTRAKD_TRAINID[7] == 255  # 7: not an id
-    assert len(ap.INTRAKD_CLASS_NAMES) == 37 and ap.INTRAKD_TRAINID_COLORS.shape == (37, 3)
+    assert len(classes.LABELS) == 38
+    assert [lb.id for lb in classes.LABELS] == NEW_LIST
+    assert [b * 5 + g * 3 + r for r, g, b in (lb.color for lb in classes.LABELS)] == ORIGIN_HASH
+    assert set(classes.EVAL_IDS) == EVAL_IDS
+    assert classes.INTRAKD_TRAINID_TO_ID.tolist() == NEW_LIST[:37]
+    assert classes.ID_TO_INTRAKD_TRAINID[249] == classes.ID_TO_INTRAKD_TRAINID[255] == 36
+    assert classes.ID_TO_TRAINID[249] == classes.ID_TO_TRAINID[255] == 255
+    assert classes.ID_TO_TRAINID[213] == 3
+    assert classes.ID_TO_INTRAKD_TRAINID[7] == 255  # 7: not an id
+    assert len(classes.INTRAKD_CLASS_NAMES) == 37
+    assert classes.INTRAKD_TRAINID_COLORS.shape == (37, 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +100,7 @@ def test_official_errors():
 def _palette_png(path, ids):
     img = Image.fromarray(ids, mode="P")
     palette = [0] * 768
-    for lb in ap.LABELS:
+    for lb in classes.LABELS:
         palette[3 * lb.id : 3 * lb.id + 3] = lb.color
     img.putpalette(palette)
     img.save(path)

@@ -161,11 +161,15 @@ def test_culane_protocol_writes_lines_and_scores_a_matching_lane(tmp_path):
 def _random_checkpoint(config, stage_dir):
     import jax
 
-    from intrakd_jax import checkpointing, optim, parallel, steps, train
+    from intrakd_jax import building, checkpointing, optim, parallel, steps
 
     num_classes = len(config.data.class_weights)
-    model = train.build_model(
-        config.student.model, config.student.model_kwargs, num_classes, np.float32, False
+    model = building.build_model(
+        config.student.model,
+        building.model_kwargs(config.student),
+        num_classes,
+        np.float32,
+        False,
     )
     hw = tuple(config.data.image_hw)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, *hw, 3))))
@@ -178,7 +182,7 @@ def _random_checkpoint(config, stage_dir):
     meta = {
         "stage": "student",
         "model": config.student.model,
-        "model_kwargs": train._jsonish(dict(config.student.model_kwargs)),
+        "model_kwargs": building.jsonish(building.model_kwargs(config.student)),
     }
     ckpts = checkpointing.StageCheckpoints(str(stage_dir))
     ckpts.save(0, state, meta, force=True)

@@ -19,8 +19,9 @@ from scipy.interpolate import CubicSpline
 
 import data_pipelines
 from configs import culane as culane_config
-from data_pipelines import augment, culane
+from data_pipelines import augment
 from data_pipelines.errors import DataConfigError, DataError, DatasetLayoutError
+from data_pipelines.formats import culane, lines_txt
 from data_pipelines.synthetic import culane as synth
 
 SMALL_WH = (328, 118)  # 1/5 of 1640x590
@@ -560,13 +561,9 @@ def test_generation_is_deterministic_resumable_and_guarded(small, tmp_path):
         synth.generator_params(image_wh=(328, 200))
 
 
-def test_prob2lines_reexports_the_writer():
-    from intrakd_jax.evaluation import prob2lines
-
-    assert prob2lines.format_lines is culane.format_lines
-    assert prob2lines.write_lines_txt is culane.write_lines_txt
-    assert prob2lines.lines_txt_path is culane.lines_txt_path
-    assert culane.key_lines_txt_path("/r", "d/a.MP4/00000") == "/r/d/a.MP4/00000.lines.txt"
+def test_lines_txt_paths_of_images_and_keys():
+    assert lines_txt.key_lines_txt_path("/r", "d/a.MP4/00000") == "/r/d/a.MP4/00000.lines.txt"
+    assert lines_txt.lines_txt_path("/r", "/d/a.MP4/00000.jpg") == "/r/d/a.MP4/00000.lines.txt"
 
 
 # ----------------------------------------------------------------------------------------------

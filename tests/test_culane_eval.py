@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from intrakd_jax.evaluation import culane
+from intrakd_jax.evaluation import culane, culane_lanes, culane_raster
 
 W, H = 1640, 590
 
@@ -133,12 +133,12 @@ def make_corpus(root, images):
 
 def test_vertical_lane_pixels_and_shift_iou_by_hand():
     # Thickness 30 gives half-width 15: 31 columns over all 590 rows (caps outside the image).
-    rast = culane.LaneRasterizer(30)
+    rast = culane_raster.LaneRasterizer(30)
     for d in (0, 1, 5, 12, 30, 31, 40):
         sim = culane.iou_matrix([vertical(400)], [vertical(400 + d)], rast)
         inter = max(31 - d, 0) * H
         assert sim[0, 0] == inter / (2 * 31 * H - inter)
-    lanes = rast.rasterize(*culane.lane_polylines([vertical(400)]))
+    lanes = rast.rasterize(*culane_lanes.lane_polylines([vertical(400)]))
     assert lanes.area[0] == 31 * H
     assert lanes.lo[0, 0] == 385 and lanes.hi[0, 0] == 415
 
@@ -171,20 +171,20 @@ def test_identical_lanes_give_f1_one(tmp_path):
 
 def test_two_point_lanes_are_one_segment_and_longer_lanes_are_splined():
     two = np.array([[300.25, 580.0], [700.75, 260.0]], np.float32)
-    poly = culane.lane_polyline(two)
+    poly = culane_lanes.lane_polyline(two)
     assert poly.tolist() == [[300, 580], [701, 260]]  # cvRound: 300.25 -> 300, 700.75 -> 701
     three = np.array([[300.0, 580.0], [420.0, 420.0], [700.0, 260.0]], np.float32)
-    np.testing.assert_array_equal(culane.spline_points(three), ref_spline(three))
-    assert len(culane.lane_polyline(three)) == 2 * 50 + 1
+    np.testing.assert_array_equal(culane_lanes.spline_points(three), ref_spline(three))
+    assert len(culane_lanes.lane_polyline(three)) == 2 * 50 + 1
     # Collinear points: the spline is the straight line, so the masks coincide.
     sim = culane.iou_matrix(
         [vertical(800)],
         [np.array([[800, -100], [800, 300], [800, 700]], np.float32)],
-        culane.LaneRasterizer(30),
+        culane_raster.LaneRasterizer(30),
     )
     assert sim[0, 0] == 1.0
     # A curved 3-point lane is not its 2-point chord.
-    sim = culane.iou_matrix([three], [three[[0, 2]]], culane.LaneRasterizer(30))
+    sim = culane.iou_matrix([three], [three[[0, 2]]], culane_raster.LaneRasterizer(30))
     assert 0.0 < sim[0, 0] < 0.9
 
 
@@ -198,7 +198,7 @@ def test_spline_matches_scalar_reference_and_natural_cubic_spline():
         lane = np.stack([rng.uniform(0, W) + np.cumsum(rng.normal(0, 25, n)), ys], 1).astype(
             np.float32
         )
-        got = culane.spline_points(lane)
+        got = culane_lanes.spline_points(lane)
         np.testing.assert_array_equal(got, ref_spline(lane))
         # The same curve from scipy: natural cubic spline over cumulative chord length.
         chord = np.concatenate(
@@ -240,8 +240,8 @@ def test_rasterizer_equals_official_drawing_loop():
             lane = rng.uniform([-200, -100], [W + 200, H + 100], (2, 2))
         lanes.append(np.asarray(lane, np.float32))
     for width in (30, 16, 2):
-        rast = culane.LaneRasterizer(width)
-        drawn = rast.rasterize(*culane.lane_polylines(lanes))
+        rast = culane_raster.LaneRasterizer(width)
+        drawn = rast.rasterize(*culane_lanes.lane_polylines(lanes))
         for i, lane in enumerate(lanes):
             ref = ref_mask(lane, width)
             assert drawn.area[i] == ref.sum(), (width, i)
@@ -255,7 +255,7 @@ def test_rasterizer_equals_official_drawing_loop():
 
 def test_parser_follows_cxx_stream_extraction():
     def pts(line):
-        return culane.parse_lane_line(line).tolist()
+        return culane_lanes.parse_lane_line(line).tolist()
 
     assert pts("1 2 3 4") == [[1, 2], [3, 4]]
     assert pts("1 2 3") == [[1, 2]]  # an x without its y is dropped
@@ -268,7 +268,7 @@ def test_parser_follows_cxx_stream_extraction():
     assert pts("1 2 nan 3") == [[1, 2]]  # C++ does not read nan/inf
     assert pts("1e 2") == []
     assert pts("") == [] and pts("   ") == []
-    assert culane.parse_lane_line("0.1 0.2").dtype == np.float32
+    assert culane_lanes.parse_lane_line("0.1 0.2").dtype == np.float32
 
 
 def test_blank_lines_are_lanes_and_file_endings(tmp_path):
@@ -283,8 +283,8 @@ def test_blank_lines_are_lanes_and_file_endings(tmp_path):
             ),  # CRLF, no final newline, spaces
         },
     )
-    assert len(culane.read_lane_file(anno / "d/v.MP4/00000.lines.txt")) == 3
-    assert len(culane.read_lane_file(detect / "d/v.MP4/00001.lines.txt")) == 3
+    assert len(culane_lanes.read_lane_file(anno / "d/v.MP4/00000.lines.txt")) == 3
+    assert len(culane_lanes.read_lane_file(detect / "d/v.MP4/00001.lines.txt")) == 3
     res = culane.evaluate(anno, detect, listing, workers=1)
     assert (res["tp"], res["fp"], res["fn"]) == (4, 1, 1)
 
@@ -318,12 +318,14 @@ def test_short_lanes_count_but_never_match():
 def test_undefined_corners_follow_documented_rules():
     # Consecutive duplicates of a >2-point lane are dropped (NaN in the C++ tool).
     dup = np.array([[500, 580], [500, 580], [650, 300]], np.float32)
-    np.testing.assert_array_equal(culane.lane_polyline(dup), culane.lane_polyline(dup[1:]))
+    np.testing.assert_array_equal(
+        culane_lanes.lane_polyline(dup), culane_lanes.lane_polyline(dup[1:])
+    )
     # Lanes that both draw nothing inside the image: IoU 0, not NaN.
     outside = np.array([[-500, 100], [-400, 300]], np.float32)
-    assert culane.iou_matrix([outside], [outside], culane.LaneRasterizer(30))[0, 0] == 0.0
+    assert culane.iou_matrix([outside], [outside], culane_raster.LaneRasterizer(30))[0, 0] == 0.0
     # A two-point lane of one repeated point is the round cap cv::line(p, p) draws.
-    dot = culane.LaneRasterizer(30).draw(np.array([[800, 300], [800, 300]]))
+    dot = culane_raster.LaneRasterizer(30).draw(np.array([[800, 300], [800, 300]]))
     ref = np.zeros((H, W), np.uint8)
     cv2.line(ref, (800, 300), (800, 300), 1, 30)
     np.testing.assert_array_equal(dot.to_image(W, H), ref)
@@ -338,7 +340,7 @@ def test_matching_takes_maximum_total_iou_not_greedy():
     # maximum total pairs GT0-P1 (23/39) with GT1-P0 (24/38): two TPs instead of one.
     gt = [vertical(500), vertical(509)]
     pred = [vertical(502), vertical(492)]
-    sim = culane.iou_matrix(gt, pred, culane.LaneRasterizer(30))
+    sim = culane.iou_matrix(gt, pred, culane_raster.LaneRasterizer(30))
     np.testing.assert_array_equal(sim, [[29 / 33, 23 / 39], [24 / 38, 14 / 48]])
     assert culane.official_match(sim.tolist()) == [1, 0]
     assert culane.evaluate_lanes(gt, pred) == (2, 0, 0)

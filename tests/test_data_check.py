@@ -20,8 +20,9 @@ import data_pipelines
 from configs import apolloscape as apolloscape_config
 from configs import culane as culane_config
 from configs import llamas as llamas_config
-from data_pipelines import check, pipeline
+from data_pipelines import check, loader
 from data_pipelines.errors import DataError
+from data_pipelines.formats import apolloscape as apollo
 from data_pipelines.synthetic.llamas import generate_llamas
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,15 +189,13 @@ def test_culane_faults_each_found_with_file_and_line(tmp_path):
 
 
 def test_apolloscape_faults_each_found(tmp_path):
-    from data_pipelines import apolloscape_classes as classes
-
     cfg = apolloscape_config.get_config("smoke").data
     cfg.data_dir = str(tmp_path / "apollo")
     assert check.check_dataset(data_pipelines.get_dataset(cfg)).ok
     root = tmp_path / "apollo"
     list_path = str(root / "list" / "train.txt")
     train = data_pipelines.get_dataset(cfg).examples("train")
-    bad_id = next(v for v in range(256) if v not in classes.TABLE_IDS)
+    bad_id = next(v for v in range(256) if v not in apollo.TABLE_IDS)
     im = Image.open(train[0].label_path)
     assert im.mode == "P"
     ids = np.array(im)
@@ -239,7 +238,7 @@ def test_check_data_mode_returns_report_or_raises(llamas_clean, llamas_copy, tmp
     with pytest.raises(DataError, match="1 problem"):
         train.train_and_evaluate(config, str(tmp_path / "bad"))
     assert "[missing_file]" in (tmp_path / "bad" / "data_check.txt").read_text()
-    assert issubclass(pipeline.CorruptSampleError, train.USER_ERRORS)
+    assert issubclass(loader.CorruptSampleError, train.USER_ERRORS)
 
 
 def test_check_data_exit_status(llamas_copy, tmp_path):
@@ -291,7 +290,7 @@ def test_corrupt_image_stops_training_naming_the_file(prepared_copy):
     ds = data_pipelines.get_dataset(llamas_cfg(prepared_copy))
     bad = ds.examples("train")[2].image_path
     truncate(bad)
-    with pytest.raises(pipeline.CorruptSampleError) as e:
+    with pytest.raises(loader.CorruptSampleError) as e:
         take(ds.train_batches(2, seed=SEED), 2 * N_TRAIN)
     assert e.value.sample.path == bad and e.value.sample.index == 2
     assert bad in str(e.value) and "skip_corrupt" in str(e.value)
@@ -304,7 +303,7 @@ def test_missing_and_corrupt_label_files_are_named(prepared_copy):
     examples = ds.examples("train")
     assert skip.examples("train") == examples  # listed before the files go bad
     os.remove(examples[0].image_path)
-    with pytest.raises(pipeline.CorruptSampleError, match="cannot read file") as e:
+    with pytest.raises(loader.CorruptSampleError, match="cannot read file") as e:
         take(ds.train_batches(N_TRAIN, seed=SEED), 1)
     assert e.value.sample.path == examples[0].image_path
     truncate(examples[5].label_path)
@@ -372,7 +371,7 @@ def test_corrupt_label_with_python_decoder_is_named(tmp_path):
     ds.prepare()
     bad = ds.examples("train")[1].label_path
     truncate(bad)
-    with pytest.raises(pipeline.CorruptSampleError) as e:
+    with pytest.raises(loader.CorruptSampleError) as e:
         take(ds.train_batches(4, seed=0), 4)
     assert e.value.sample.path == bad and "cannot decode label" in str(e.value)
     assert e.value.sample.index == 1

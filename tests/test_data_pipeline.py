@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 import data_pipelines
-from data_pipelines import augment, llamas, pipeline
+from data_pipelines import augment, llamas
+from data_pipelines.dataset import DatasetInfo
 from data_pipelines.errors import DataConfigError
 from data_pipelines.synthetic.llamas import generate_llamas
 
@@ -136,7 +137,7 @@ def ref_example(ds, split, index):
 
 
 def test_info_and_keys(plain):
-    assert plain.info == pipeline.DatasetInfo(
+    assert plain.info == DatasetInfo(
         name="llamas",
         num_classes=5,
         class_names=("background", "l1", "l0", "r0", "r1"),

@@ -407,3 +407,14 @@ def test_multi_tap_weighted_sum_and_missing_tap_message():
         multi_tap_intra_kd_loss(s_taps, t_taps, jnp.asarray(labels), 4, [("high", "x", 1.0)])
     with pytest.raises(ValueError, match="pairs is empty"):
         multi_tap_intra_kd_loss(s_taps, t_taps, jnp.asarray(labels), 4, [])
+
+
+def test_multi_tap_rejects_a_malformed_pair_and_sums_equal_weights_of_one_tap():
+    labels, student, teacher = make_loss_inputs(seed=17)
+    s_taps, t_taps = {"high": jnp.asarray(student)}, {"ppm": jnp.asarray(teacher)}
+    with pytest.raises(ValueError, match=r"each pair must be \(student_tap, teacher_tap, weight\)"):
+        multi_tap_intra_kd_loss(s_taps, t_taps, jnp.asarray(labels), 4, [("high", "ppm")])
+    twice = multi_tap_intra_kd_loss(
+        s_taps, t_taps, jnp.asarray(labels), 4, [("high", "ppm", 0.25), ("high", "ppm", 0.75)]
+    )
+    np.testing.assert_allclose(twice, np_intra_kd(student, teacher, labels, 4), rtol=1e-4)

@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from data_pipelines import llamas
 from data_pipelines.errors import DatasetLayoutError, LabelFormatError
+from data_pipelines.formats import llamas
+from data_pipelines.llamas import list_samples
 
 # A camera with round numbers so marker corners can be worked out by hand:
 # u = 100 x / z + 50, v = 100 y / z + 10, half width = 100 * 0.1 / z / 2 = 5 / z.
@@ -255,7 +256,7 @@ def make_tree(root, split, image_keys, label_keys):
 def test_list_samples_pairs_sorted(tmp_path):
     keys = ["rec_b/1419283521_0744236000", "rec_a/1419283522_0000000000", "rec_a/1419283521_9"]
     make_tree(tmp_path, "valid", keys, keys)
-    samples = llamas.list_samples(tmp_path, "valid")
+    samples = list_samples(tmp_path, "valid")
     assert [s.key for s in samples] == sorted(keys)
     s = samples[0]
     assert s.image_path == os.path.join(
@@ -266,24 +267,24 @@ def test_list_samples_pairs_sorted(tmp_path):
 
 def test_list_samples_test_split_without_labels(tmp_path):
     make_tree(tmp_path, "test", ["rec/1_0000000001"], None)
-    assert llamas.list_samples(tmp_path, "test")[0].label_path is None
+    assert list_samples(tmp_path, "test")[0].label_path is None
 
 
 def test_image_without_label_and_label_without_image(tmp_path):
     make_tree(tmp_path / "a", "train", ["rec/1_1", "rec/1_2"], ["rec/1_1"])
     with pytest.raises(DatasetLayoutError) as e:
-        llamas.list_samples(tmp_path / "a", "train")
+        list_samples(tmp_path / "a", "train")
     msg = str(e.value)
     assert "1_2_color_rect.png" in msg and os.path.join("labels", "train", "rec", "1_2.json") in msg
     make_tree(tmp_path / "b", "train", ["rec/1_1"], ["rec/1_1", "rec/1_3"])
     with pytest.raises(DatasetLayoutError) as e:
-        llamas.list_samples(tmp_path / "b", "train")
+        list_samples(tmp_path / "b", "train")
     msg = str(e.value)
     assert os.path.join("labels", "train", "rec", "1_3.json") in msg and "1_3_color_rect.png" in msg
 
 
 def test_missing_split_folder(tmp_path):
     with pytest.raises(DatasetLayoutError, match="color_images"):
-        llamas.list_samples(tmp_path, "train")
+        list_samples(tmp_path, "train")
     with pytest.raises(ValueError, match="unknown LLAMAS split"):
-        llamas.list_samples(tmp_path, "training")
+        list_samples(tmp_path, "training")

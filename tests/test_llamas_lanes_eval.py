@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 
+from data_pipelines.formats.lines_txt import write_lines_txt
 from intrakd_jax.evaluation import llamas_lanes as ll
 
 H, W = ll.IMAGE_HW
@@ -263,9 +264,9 @@ def test_spline_passes_through_points_and_drops_consecutive_duplicates():
 def test_lines_txt_round_trip_and_format(tmp_path):
     path = tmp_path / "rec" / "a.lines.txt"
     lanes = [np.array([[10, 700], [20.5, 600], [1e-3, 500]]), np.array([[1.0, 2.0]]), []]
-    assert ll.write_lines_txt(path, lanes) == 1  # 1-point and empty lanes are not written
-    assert path.read_text() == "10 700 20.5 600 0.001 500\n"
-    back = ll.read_lines_txt(path)
+    write_lines_txt(path, lanes)  # the project's one .lines.txt writer; empty lanes skipped
+    assert path.read_text() == "10 700 20.5 600 0.001 500 \n1 2 \n"
+    back = ll.read_lines_txt(path)  # the 1-point lane is dropped by the LLAMAS loader rule
     assert len(back) == 1
     np.testing.assert_array_equal(back[0], lanes[0])
 
@@ -301,13 +302,13 @@ def test_evaluate_lane_f1_directory(tmp_path):
     # 200 px to the left (IoU 0: FP). -> TP 1, FP 1, FN 0.
     _write_label(labels, "rec_a", "100_1", [("l0", DIAG_MARKERS)])
     gt = ll.gt_lanes_from_json(label([("l0", DIAG_MARKERS)]))[0]
-    ll.write_lines_txt(preds / "rec_a" / "100_1.lines.txt", [gt, gt - [200, 0]])
+    write_lines_txt(preds / "rec_a" / "100_1.lines.txt", [gt, gt - [200, 0]])
     # Image 2: same GT, prediction file missing -> FN 1.
     _write_label(labels, "rec_a", "100_2", [("l0", DIAG_MARKERS)])
     # Image 3: no GT lane (only a lane with a single marker, filtered by read_json), one
     # predicted lane -> FP 1.
     _write_label(labels, "rec_b", "200_1", [("l0", [marker(5, 700, 6, 600)])])
-    ll.write_lines_txt(preds / "rec_b" / "200_1.lines.txt", [gt])
+    write_lines_txt(preds / "rec_b" / "200_1.lines.txt", [gt])
     # Image 4: empty prediction file -> FN 1.
     _write_label(labels, "rec_b", "200_2", [("l0", DIAG_MARKERS)])
     (preds / "rec_b" / "200_2.lines.txt").write_text("")
@@ -317,9 +318,9 @@ def test_evaluate_lane_f1_directory(tmp_path):
     assert res["precision"] == pytest.approx(1 / 3)
     assert res["recall"] == pytest.approx(1 / 3)
     assert res["f1"] == pytest.approx(1 / 3)
-    # Same with an explicit list and threads.
+    # Same with an explicit list and two processes.
     paths = sorted(str(p) for p in labels.rglob("*.json"))
-    assert ll.evaluate_lane_f1(paths, preds, num_workers=2) == res
+    assert ll.evaluate_lane_f1(paths, preds, workers=2) == res
     # Only image 2: no TP -> P = R = F1 = 0 (official LLAMAS convention).
     res2 = ll.evaluate_lane_f1([paths[1]], preds)
     assert res2 == {

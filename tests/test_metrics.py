@@ -12,17 +12,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from intrakd_jax.evaluation import (
+from intrakd_jax.evaluation import iou_from_confusion, markdown_table, to_jsonable, write_report
+from intrakd_jax.evaluation.device import confusion_matrix
+from intrakd_jax.evaluation.llamas import (
     THRESHOLDS_DESC,
     PixelAPAccumulator,
     binary_approx_auc,
-    confusion_matrix,
-    iou_from_confusion,
-    markdown_table,
     quantize_probabilities,
-    to_jsonable,
     write_llamas_probability_pngs,
-    write_report,
 )
 
 # ---------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_erfnet_output_and_tap_shapes(erf):
     model, variables = erf
     logits, taps = model.apply(variables, _rand_images(ERF_X))
     assert logits.shape == (2, 16, 24, 5) and logits.dtype == jnp.float32
-    assert set(taps) == {"stage1", "encoder"}
+    assert set(taps) == {"stage1", "stage2_mid", "encoder"}
     assert taps["stage1"].shape == (2, 4, 6, 8)
     assert taps["encoder"].shape == (2, 2, 3, 12)
     assert np.isfinite(np.asarray(logits)).all()
@@ -86,7 +86,7 @@ def test_pspnet_forward_at_odd_size(psp18):
     model, variables = psp18
     logits, taps = model.apply(variables, _rand_images(PSP_X))
     assert logits.shape == (*PSP_X[:3], 3) and logits.dtype == jnp.float32
-    assert set(taps) == {"layer1", "psp"}
+    assert set(taps) == {"layer1", "layer2", "layer3", "layer4", "psp"}
     assert taps["layer1"].shape == (2, _quarter(27), _quarter(37), 4)
     assert taps["psp"].shape == (2, _eighth(27), _eighth(37), 8)
     assert np.isfinite(np.asarray(logits)).all()
@@ -362,7 +362,11 @@ def test_bf16_compute_keeps_float32_params_and_logits(request, fixture, x_shape)
 def test_registry_names_and_aliases():
     assert list_models() == sorted(
         [
+            "enet",
             "erfnet",
+            "resnet18",
+            "resnet34",
+            "resnet_student",
             "pspnet",
             "pspnet_resnet18",
             "pspnet_resnet34",

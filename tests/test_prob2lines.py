@@ -6,15 +6,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from intrakd_jax.evaluation import culane
-from intrakd_jax.evaluation.prob2lines import (
-    average_score_maps,
-    format_lines,
-    lines_txt_path,
-    prob2lines,
-    sample_rows,
-    write_lines_txt,
-)
+from data_pipelines.formats.lines_txt import format_lines, lines_txt_path, write_lines_txt
+from intrakd_jax.evaluation import culane, culane_lanes
+from intrakd_jax.evaluation.prob2lines import average_score_maps, prob2lines, sample_rows
 
 MAP_H, MAP_W = 208, 976
 
@@ -98,7 +92,7 @@ def test_writer_format_and_round_trip(tmp_path):
     path = lines_txt_path(tmp_path / "pred", "/driver_37_30frame/05181432_0203.MP4/00000.jpg")
     assert path == str(tmp_path / "pred" / "driver_37_30frame/05181432_0203.MP4/00000.lines.txt")
     write_lines_txt(path, lanes)
-    back = culane.read_lane_file(path)
+    back = culane_lanes.read_lane_file(path)
     assert len(back) == 2  # the empty lane is not written (a blank line would be an FP lane)
     np.testing.assert_array_equal(back[1], np.float32(lanes[2]))
     with pytest.raises(ValueError, match="finite"):

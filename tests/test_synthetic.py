@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_pipelines import llamas
+from data_pipelines.formats import llamas
+from data_pipelines.llamas import list_samples
 from data_pipelines.synthetic.llamas import MARKER_FILE, generate_llamas
 
 SMALL_WH = (160, 90)
@@ -87,7 +88,7 @@ def test_format_small(small):
 
 
 def raw_labels(root, split):
-    for s in llamas.list_samples(root, split):
+    for s in list_samples(root, split):
         with open(s.label_path) as f:
             yield s, json.load(f)
 
@@ -150,7 +151,7 @@ def _survives(lane):
 
 def test_round_trip_labels_have_lanes_where_markings_are_painted(full_size):
     for split in ("train", "valid"):
-        for s in llamas.list_samples(full_size, split):
+        for s in list_samples(full_size, split):
             label = llamas.read_json(s.label_path)
             multi = llamas.render_multiclass_label(label)
             assert multi.shape == (717, 1276)
@@ -167,11 +168,11 @@ def test_round_trip_labels_have_lanes_where_markings_are_painted(full_size):
 
 def test_round_trip_through_list_samples_small(small):
     for split, n in COUNTS.items():
-        samples = llamas.list_samples(small, split)
+        samples = list_samples(small, split)
         assert len(samples) == n
         assert all((s.label_path is None) == (split == "test") for s in samples)
     found = set()
-    for s in llamas.list_samples(small, "train"):
+    for s in list_samples(small, "train"):
         found |= set(
             np.unique(llamas.render_multiclass_label(llamas.read_json(s.label_path), (90, 160)))
         )

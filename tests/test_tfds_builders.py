@@ -13,8 +13,10 @@ import data_pipelines
 from configs import apolloscape as apolloscape_config
 from configs import culane as culane_config
 from configs import llamas as llamas_config
-from data_pipelines import llamas, tfds_builders
+from data_pipelines import tfds_builders
 from data_pipelines.errors import DataConfigError
+from data_pipelines.formats import llamas
+from data_pipelines.llamas import list_samples
 from data_pipelines.synthetic.llamas import generate_llamas
 
 tfds.disable_progress_bar()
@@ -72,7 +74,7 @@ def llamas_tfds(llamas_raw, tmp_path_factory):
 
 def test_llamas_builder_stores_reader_bytes_in_key_order(llamas_raw, llamas_tfds):
     records = tfds.data_source("llamas/multiclass", split="train", data_dir=str(llamas_tfds))
-    samples = llamas.list_samples(llamas_raw, "train")
+    samples = list_samples(llamas_raw, "train")
     assert len(records) == len(samples) == 6
     for rec, s in zip(records, samples, strict=True):
         assert rec["key"].decode() == s.key

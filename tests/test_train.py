@@ -20,9 +20,20 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import llamas as llamas_config
-from intrakd_jax import checkpointing, models, optim, parallel, steps, train
+from intrakd_jax import (
+    building,
+    checkpointing,
+    inference,
+    models,
+    optim,
+    parallel,
+    stage,
+    steps,
+    train,
+)
 from intrakd_jax.losses.intra_kd import multi_tap_intra_kd_loss
 from intrakd_jax.losses.segmentation import weighted_cross_entropy
+from intrakd_jax.losses.terms import DistillSpec, IntraKD
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +76,7 @@ def _one_step(num_devices: int, batch: dict, teacher_vars: dict, dtype=jnp.float
         5,
         (0.4, 1.0, 1.0, 1.0, 1.0),
         teacher=teacher,
-        distill=steps.DistillSettings(weight=10.0, taps=(("encoder", "psp", 1.0),)),
+        distill=DistillSpec((IntraKD(weight=10.0, taps=(("encoder", "psp", 1.0),)),)),
     )
     tvars = parallel.replicate(teacher_vars, mesh)
     for _ in range(2):
@@ -201,17 +212,50 @@ def test_pipeline_runs_all_stages_and_writes_the_comparison(pipeline_run):
     for label in ("teacher", "student (baseline)", "student + IntRA-KD", "mIoU", "lane mAP"):
         assert label in table
     assert (root / "work" / "comparison.png").stat().st_size > 0
-    for stage in results:
-        assert (root / "work" / stage / "eval_valid.json").exists()
-        assert (root / "work" / stage / "examples.png").exists()
-        assert 0.0 <= results[stage]["miou"] <= 1.0
-        assert (root / "work" / stage / "best").is_dir()
+    for name in results:
+        assert (root / "work" / name / "eval_valid.json").exists()
+        assert (root / "work" / name / "examples.png").exists()
+        assert 0.0 <= results[name]["miou"] <= 1.0
+        assert (root / "work" / name / "best").is_dir()
 
 
-def test_finished_stage_is_not_retrained(pipeline_run):
+def test_finished_stage_is_not_retrained(pipeline_run, monkeypatch):
     root, config, results = pipeline_run
+    stage_dir = root / "work" / "student"
+    before = {p: p.stat().st_mtime_ns for p in stage_dir.rglob("*") if p.is_file()}
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished stage trained or evaluated again")
+
+    monkeypatch.setattr(steps, "make_train_step", fail)
+    monkeypatch.setattr(inference, "evaluate_split", fail)
     again = train.train_stage(config, str(root / "work"), "student")
+    after = {p: p.stat().st_mtime_ns for p in stage_dir.rglob("*") if p.is_file()}
+    assert after == before  # no checkpoint, report, figure or TensorBoard file was touched
     np.testing.assert_allclose(again["miou"], results["student"]["miou"])
+
+
+def test_student_stages_start_alike(pipeline_run, tmp_path):
+    """Baseline and distilled student: same parameters, dropout stream and batches at step 0."""
+    root, config, _ = pipeline_run
+    cfg = _smoke_config(root / "data")
+    cfg.teacher.checkpoint = str(root / "work" / "teacher")
+    dataset = building.prepared_dataset(cfg.data)
+    starts = {}
+    for name in ("student", "distill", "teacher"):
+        s = stage.set_up(cfg, str(tmp_path), name, dataset)
+        state, ckpts = stage.resume(s)
+        ckpts.close()
+        batch = next(stage._stage_batches(s, 0))
+        starts[name] = jax.device_get((state.params, state.rng)), batch
+    (s_params, s_rng), s_batch = starts["student"]
+    (d_params, d_rng), d_batch = starts["distill"]
+    jax.tree.map(np.testing.assert_array_equal, s_params, d_params)
+    np.testing.assert_array_equal(s_rng, d_rng)
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(s_batch[key], d_batch[key])
+    # The teacher is another role: its key differs from the students'.
+    assert not np.array_equal(starts["teacher"][0][1], s_rng)
 
 
 def test_evaluate_job_over_two_checkpoints(pipeline_run):
@@ -230,7 +274,7 @@ def test_evaluate_job_over_two_checkpoints(pipeline_run):
     assert len(list((job / "overlays").glob("*.png"))) == 3
     # Official LLAMAS formats at full source resolution (the smoke frames are 160 x 90).
     pngs = sorted((job / "predictions").glob("*/*.json_*.png"))
-    assert len(pngs) == 4 * 4  # 4 images x 4 lane classes
+    assert len(pngs) == 4 * 5  # 4 images x 5 classes (json_0..4, background included)
     assert cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED).shape == (90, 160)
     assert len(list((job / "lanes").glob("*/*.lines.txt"))) == 4
     text = (job / "report.md").read_text()
@@ -268,7 +312,7 @@ def test_teacher_checkpoint_with_other_shapes_lists_the_differences(pipeline_run
     other = models.get_model(
         "pspnet", num_classes=5, depth=18, base_width=4, head_channels=12, bins=(1, 2)
     )
-    abstract = train._abstract_variables(other, (32, 64), mesh)
+    abstract = building.abstract_variables(other, (32, 64), mesh)
     with pytest.raises(checkpointing.CheckpointError, match=r"params/.*shape"):
         checkpointing.load_variables(str(root / "work" / "teacher"), abstract, "teacher")
 
@@ -277,7 +321,7 @@ def test_unknown_distill_tap_is_a_clear_error(pipeline_run, tmp_path):
     root, _, _ = pipeline_run
     cfg = _smoke_config(root / "data", mode="distill")
     cfg.teacher.checkpoint = str(root / "work" / "teacher")
-    cfg.distill.taps = (("encoder", "ppm", 1.0),)
+    cfg.distill.intra_kd.taps = (("encoder", "ppm", 1.0),)
     with pytest.raises(train.ConfigError, match=r"'ppm'.*'psp'"):
         train.train_and_evaluate(cfg, str(tmp_path / "work"))
 

@@ -41,18 +41,17 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from data_pipelines import apolloscape as reader
-from data_pipelines import apolloscape_classes as classes
-from data_pipelines.llamas import write_file_atomic
+from data_pipelines.formats import apolloscape as apollo
 from data_pipelines.synthetic import common, scenes
 from data_pipelines.synthetic.scenes import WHITE_PAINT, YELLOW_PAINT
+from data_pipelines.util import write_file_atomic
 
 FILES = common.GeneratorFiles("apolloscape", version=1)
 MARKER_FILE = FILES.marker_file
 IN_PROGRESS_FILE = FILES.in_progress_file
 read_marker = FILES.read_marker
 in_progress = FILES.in_progress
-LIST_FILES = dict(reader.DEFAULT_LIST_FILES)
+LIST_FILES = dict(apollo.DEFAULT_LIST_FILES)
 MIN_SCALE = 0.02
 # Ego-hood region of the official sample ground truth (full-size pixels).
 HOOD_TOP = 2310
@@ -69,15 +68,15 @@ _TRAIN_RECORDS = (
 _VALID_RECORDS = (("road04", "Record015"), ("road04", "Record017"))
 _TEST_RECORDS = (("road05", "Record001"), ("road05", "Record002"))
 _ROAD_DATES = {"road02": "170927", "road03": "171012", "road04": "171206", "road05": "180116"}
-_ID = {label.name: label.id for label in classes.LABELS}
+_ID = {label.name: label.id for label in apollo.LABELS}
 
 
 def scaled_geometry(scale: float) -> dict:
     """Frame size and the crop/hood rows at ``scale`` (full size: 3384 x 2710, crop 1700)."""
-    h, w = classes.IMAGE_HW
+    h, w = apollo.IMAGE_HW
     return {
         "image_wh": [int(round(w * scale)), int(round(h * scale))],
-        "crop_top": int(round(classes.CROP_TOP * scale)),
+        "crop_top": int(round(apollo.CROP_TOP * scale)),
         "hood_top": int(round(HOOD_TOP * scale)),
         "hood_left": int(round(HOOD_LEFT * scale)),
     }
@@ -126,7 +125,7 @@ class FramePlan:
     def label_rel(self, camera_dir: str | None = None) -> str:
         """Label path relative to the root ('/'-separated)."""
         cam = camera_dir or f"Camera {self.camera}"
-        return f"Labels_{self.road}/Label/{self.record}/{cam}/{self.stem}{reader.LABEL_SUFFIX}"
+        return f"Labels_{self.road}/Label/{self.record}/{cam}/{self.stem}{apollo.LABEL_SUFFIX}"
 
 
 def _split_counts(n: int, records: Sequence[tuple[str, str]], per_record: int) -> list[int]:
@@ -469,8 +468,8 @@ def make_frame(
     if top < h and lft < w:
         shade = np.linspace(60.0, 25.0, h - top, dtype=np.float32)[:, None, None]
         img[top:, lft:] = shade * np.array([1.0, 1.02, 1.08], np.float32)
-        ids[top:, lft:] = classes.IGNORED_ID
-    ids[: geometry["crop_top"]] = classes.VOID_ID  # released labels are void above the crop
+        ids[top:, lft:] = apollo.IGNORED_ID
+    ids[: geometry["crop_top"]] = apollo.VOID_ID  # released labels are void above the crop
 
     img = scenes.add_sensor_noise(img, rng, sigma=float(rng.uniform(0.5, 3.0)))
     return scenes.apply_lighting(img, rng), ids
@@ -486,7 +485,7 @@ def encode_label_png(ids_hw: np.ndarray) -> bytes:
     if ids_hw.ndim != 2 or ids_hw.dtype != np.uint8:
         raise ValueError(f"expected uint8 (H, W) ids, got {ids_hw.dtype} {ids_hw.shape}")
     img = Image.fromarray(ids_hw)
-    img.putpalette(classes.ID_PALETTE.tobytes())  # turns the gray image into a palette one
+    img.putpalette(apollo.ID_PALETTE.tobytes())  # turns the gray image into a palette one
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=3)
     return buf.getvalue()

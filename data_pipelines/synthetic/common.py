@@ -25,8 +25,8 @@ import numpy as np
 from absl import logging
 
 from data_pipelines.errors import DataConfigError
-from data_pipelines.llamas import write_file_atomic
-from data_pipelines.pipeline import ProgressLogger, config_get
+from data_pipelines.options import config_get
+from data_pipelines.util import ProgressLogger, write_file_atomic
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,8 @@ camera (CULane annotates at most four), as continuous curves through dashes and 
 point per official grid row ``y = 590, 580, ...`` (scaled frames: ``H * (59 - i) / 59``) from the
 row where the divider enters the frame (x within 15% of the width outside it) up to its far end;
 x has 3 decimals and may be < 0 or > W. The label is drawn from exactly those lines by the port
-of the official generator (``data_pipelines.culane.render_seg_label``), so lines, labels and
-existence flags agree by construction.
+of the official generator (``data_pipelines.formats.culane.render_seg_label``), so lines, labels
+and existence flags agree by construction.
 
 Test categories shape the scene: crowd (many cars), hlight (glare), shadow, noline (worn or no
 paint, lanes still annotated), arrow (arrow painted in the ego lane), curve (strong bends),
@@ -47,10 +47,11 @@ import cv2
 import numpy as np
 from absl import logging
 
-from data_pipelines import culane
-from data_pipelines.llamas import encode_png, write_file_atomic
+from data_pipelines.formats import culane
+from data_pipelines.formats.lines_txt import format_lines, key_lines_txt_path
 from data_pipelines.synthetic import common, scenes
 from data_pipelines.synthetic.scenes import WHITE_PAINT, YELLOW_PAINT
+from data_pipelines.util import encode_png, write_file_atomic
 
 FILES = common.GeneratorFiles("culane", version=1)
 MARKER_FILE = FILES.marker_file
@@ -409,7 +410,7 @@ def generate_culane(
         key = os.path.splitext(rel)[0]
         paths = (
             os.path.join(out_dir, rel),
-            culane.key_lines_txt_path(out_dir, key),
+            key_lines_txt_path(out_dir, key),
             os.path.join(out_dir, culane.LABEL_DIR, key + ".png"),
         )
         if all(os.path.exists(p) for p in paths):  # finished by an interrupted run
@@ -423,7 +424,7 @@ def generate_culane(
             raise RuntimeError(f"cv2.imencode failed to encode {paths[0]}")
         write_file_atomic(paths[0], jpg.tobytes())
         write_file_atomic(paths[2], encode_png(label))
-        write_file_atomic(paths[1], culane.format_lines(plan["lanes"]).encode("ascii"))
+        write_file_atomic(paths[1], format_lines(plan["lanes"]).encode("ascii"))
         return rel, category, exist
 
     rows: dict[str, list] = {split: [] for split in counts}

@@ -32,9 +32,10 @@ import cv2
 import numpy as np
 from absl import logging
 
-from data_pipelines import llamas
+from data_pipelines.formats import llamas
 from data_pipelines.synthetic import common, scenes
 from data_pipelines.synthetic.scenes import WHITE_PAINT, YELLOW_PAINT
+from data_pipelines.util import encode_png, write_file_atomic
 
 FILES = common.GeneratorFiles("llamas", version=1)
 MARKER_FILE = FILES.marker_file
@@ -326,20 +327,20 @@ def generate_llamas(
 
 
 def _encode_photo_png(img: np.ndarray) -> bytes:
-    return llamas.encode_png(img, photo=True)
+    return encode_png(img, photo=True)
 
 
 def _write_frame(out_dir: str, split: str, rec: str, ts: str, rgb: np.ndarray, label: dict) -> None:
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     color_path = os.path.join(out_dir, "color_images", split, rec, ts + llamas.COLOR_SUFFIX)
     gray_path = os.path.join(out_dir, "grayscale_images", split, rec, ts + llamas.GRAY_SUFFIX)
-    llamas.write_file_atomic(color_path, _encode_photo_png(bgr))
-    llamas.write_file_atomic(gray_path, _encode_photo_png(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)))
+    write_file_atomic(color_path, _encode_photo_png(bgr))
+    write_file_atomic(gray_path, _encode_photo_png(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)))
     if split == "test":
         return  # like the real dataset: test labels are not public
     doc = {"image_name": f"{split}/{rec}/{ts}{llamas.COLOR_SUFFIX}", **label}
     label_path = os.path.join(out_dir, "labels", split, rec, ts + ".json")
-    llamas.write_file_atomic(label_path, json.dumps(doc, indent=1).encode())
+    write_file_atomic(label_path, json.dumps(doc, indent=1).encode())
 
 
 GENERATOR = common.Generator(FILES, generator_params, generate_llamas)

@@ -1,8 +1,7 @@
-"""ApolloScape lane segmentation: class table, official mIoU, internal mIoU, submission writer.
+"""ApolloScape lane segmentation: official mIoU, internal mIoU, submission writer.
 
-* `LABELS` is the official class table (dataset-api `helpers/laneMarkDetection.py`, DATASETS.md
-  3.4) with the IntRA-KD 37-class train ids added; it and its lookup tables live in
-  `data_pipelines.apolloscape_classes` and are re-exported here.
+* The class table (dataset-api `helpers/laneMarkDetection.py`, DATASETS.md 3.4, with the
+  IntRA-KD 37-class train ids) and its lookup tables are `data_pipelines.formats.apolloscape`.
 * Official metric (dataset-api `evaluation/evalPixelLevelSemanticLabeling.py`, which runs
   cityscapesScripts with this table, DATASETS.md 3.6): a confusion matrix over the 256 possible
   label ids of full-size id images, `conf[gt, pred]`, every pixel counted. For each class c with
@@ -17,12 +16,21 @@
 * Submission (IntRA-KD `road_npy2img.py`, dataset-api README, DATASETS.md 3.5, 3.7): train id ->
   id, nearest resize to 3384 x 1010, pasted at row 1700 of a zero 3384 x 2710 canvas, one 8-bit
   gray PNG per test image, zipped as `test/road05/<name>.png`.
+
+Command line (the official script's mIoU over id PNGs; predictions are matched to ground truth
+by file name, so the official sample layout, the batch job's ``predictions/<road>/`` and an
+unzipped submission all work)::
+
+  python -m intrakd_jax.evaluation.apolloscape --gt LABEL_DIR --pred PRED_DIR \
+      [--without_void] [--workers N] [--output result.json]
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
+import sys
 import zipfile
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -31,27 +39,23 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from data_pipelines import apolloscape_classes as classes
+from data_pipelines.formats.apolloscape import (
+    CATEGORIES,
+    CROP_TOP,
+    ID_TO_LABEL,
+    IGNORED_ID_MASK,
+    IMAGE_HW,
+    INTRAKD_TRAINID_TO_ID,
+    KNOWN_ID_MASK,
+    LABELS,
+    NUM_IDS,
+    NUM_INTRAKD_CLASSES,
+    VOID_ID,
+)
+from data_pipelines.util import encode_png
+from intrakd_jax.evaluation import cli, pool
 
-# The class table and its lookup tables live in data_pipelines (one table in the project); they
-# are re-exported here under their historical names.
-ApolloLabel = classes.ApolloLabel
-LABELS = classes.LABELS
-ID_TO_LABEL = classes.ID_TO_LABEL
-NAME_TO_LABEL = classes.NAME_TO_LABEL
-VOID_ID = classes.VOID_ID
-NUM_IDS = classes.NUM_IDS
-NUM_INTRAKD_CLASSES = classes.NUM_INTRAKD_CLASSES
-IGNORE_LABEL = classes.IGNORE_LABEL
-EVAL_IDS = classes.EVAL_IDS
-CATEGORIES = classes.CATEGORIES
-INTRAKD_TRAINID_TO_ID = classes.INTRAKD_TRAINID_TO_ID
-INTRAKD_CLASS_NAMES = classes.INTRAKD_CLASS_NAMES
-INTRAKD_TRAINID_COLORS = classes.INTRAKD_TRAINID_COLORS
-ID_TO_TRAINID = classes.ID_TO_TRAINID
-ID_TO_INTRAKD_TRAINID = classes.ID_TO_INTRAKD_TRAINID
-_KNOWN_ID = classes.KNOWN_ID_MASK
-_IGNORED_ID = classes.IGNORED_ID_MASK
+FULL_HW = IMAGE_HW  # the submission canvas: the official image (height, width)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,7 +98,7 @@ def confusion_over_ids(gt_ids: np.ndarray, pred_ids: np.ndarray) -> np.ndarray:
         )
     counts = np.bincount((gt * NUM_IDS + pred).ravel(), minlength=NUM_IDS * NUM_IDS)
     conf = counts.reshape(NUM_IDS, NUM_IDS)
-    unknown = np.flatnonzero(~_KNOWN_ID & (conf.sum(axis=1) > 0))
+    unknown = np.flatnonzero(~KNOWN_ID_MASK & (conf.sum(axis=1) > 0))
     if unknown.size:
         raise ValueError(f"confusion_over_ids: unknown ground-truth label id(s) {unknown.tolist()}")
     return conf
@@ -133,7 +137,7 @@ def official_miou_from_confusion(conf: np.ndarray, include_void: bool = True) ->
       ValueError: if `conf` is not (256, 256) or has negative entries.
     """
     conf = _check_conf(conf, NUM_IDS, "official_miou_from_confusion")
-    valid_rows = np.flatnonzero(_KNOWN_ID & ~_IGNORED_ID)
+    valid_rows = np.flatnonzero(KNOWN_ID_MASK & ~IGNORED_ID_MASK)
     iou: dict[str, float] = {}
     tps: dict[str, int] = {}
     fps: dict[str, int] = {}
@@ -234,10 +238,32 @@ def read_id_png(path: str | os.PathLike[str]) -> np.ndarray:
     return arr
 
 
+def confusion_of_files(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """Summed official confusion (`confusion_over_ids`) of (prediction, ground truth) PNG pairs.
+
+    Raises:
+      ValueError: a size mismatch, a multi-channel image or an unknown ground-truth id (the
+        message names both files).
+      OSError: a file is missing or not an image (named).
+    """
+    conf = np.zeros((NUM_IDS, NUM_IDS), dtype=np.int64)
+    for pred_path, gt_path in pairs:
+        try:
+            conf += confusion_over_ids(read_id_png(gt_path), read_id_png(pred_path))
+        except ValueError as e:
+            raise ValueError(f"{pred_path} vs {gt_path}: {e}") from None
+    return conf
+
+
+_PAIRS_PER_TASK = 4  # full-size images per worker task
+
+
 def evaluate_official(
     pred_paths: Sequence[str | os.PathLike[str]],
     gt_paths: Sequence[str | os.PathLike[str]],
     include_void: bool = True,
+    *,
+    workers: int | None = 1,
 ) -> dict[str, Any]:
     """Official mIoU over pairs of id PNG files (the dataset-api evaluation script's inputs).
 
@@ -245,27 +271,82 @@ def evaluate_official(
       pred_paths: prediction PNGs (ids, full size 3384 x 2710 for the real data).
       gt_paths: ground-truth `_bin.png` files, same order and length.
       include_void: see `official_miou_from_confusion`.
+      workers: processes (None: all CPU cores; 1: in this process).
 
     Returns:
       The `official_miou_from_confusion` dict plus "num_images".
 
     Raises:
-      ValueError: lists of different lengths, a size mismatch or an unknown ground-truth id
-        (the message names the files).
+      ValueError: lists of different lengths or empty, a size mismatch or an unknown
+        ground-truth id (the message names the files).
+      OSError: a missing or unreadable file (named).
     """
     if len(pred_paths) != len(gt_paths):
         raise ValueError(
             f"evaluate_official: {len(pred_paths)} predictions but {len(gt_paths)} ground truths"
         )
-    acc = OfficialMIoU(include_void)
-    for pred_path, gt_path in zip(pred_paths, gt_paths, strict=True):
-        try:
-            acc.update(read_id_png(gt_path), read_id_png(pred_path))
-        except ValueError as e:
-            raise ValueError(f"{os.fspath(pred_path)} vs {os.fspath(gt_path)}: {e}") from None
-    if acc.num_images == 0:
+    if not gt_paths:
         raise ValueError("evaluate_official: no image pairs given")
-    return acc.result()
+    pairs = [(os.fspath(p), os.fspath(g)) for p, g in zip(pred_paths, gt_paths, strict=True)]
+    chunks = [pairs[i : i + _PAIRS_PER_TASK] for i in range(0, len(pairs), _PAIRS_PER_TASK)]
+    confs = pool.map_images(
+        confusion_of_files,
+        chunks,
+        workers=workers,
+        what="ApolloScape mIoU images",
+        units=[len(chunk) for chunk in chunks],
+    )
+    result = official_miou_from_confusion(np.sum(confs, axis=0), include_void)
+    result["num_images"] = len(pairs)
+    return result
+
+
+def _png_files(root: str) -> list[str]:
+    paths = []
+    for dirpath, _, files in os.walk(root):
+        paths.extend(os.path.join(dirpath, f) for f in files if f.lower().endswith(".png"))
+    return sorted(paths)
+
+
+def _name_key(path: str) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem.removesuffix("_bin")
+
+
+def match_predictions(
+    gt_dir: str | os.PathLike[str], pred_dir: str | os.PathLike[str]
+) -> tuple[list[str], list[str]]:
+    """Ground-truth PNGs under `gt_dir` (sorted) and their predictions under `pred_dir`.
+
+    A prediction is found by file name anywhere under `pred_dir`: ``<name>_bin.png`` (the
+    official sample names predictions like the labels) or ``<name>.png`` (the submission name)
+    for a label ``<name>_bin.png``.
+
+    Returns:
+      ``(pred_paths, gt_paths)`` in the same order.
+
+    Raises:
+      FileNotFoundError: no ground-truth PNG, or a label without prediction (named).
+      ValueError: two predictions with the same name (named).
+    """
+    gt_paths = _png_files(os.fspath(gt_dir))
+    if not gt_paths:
+        raise FileNotFoundError(f"no .png ground truth found under {os.fspath(gt_dir)!r}")
+    by_name: dict[str, str] = {}
+    for path in _png_files(os.fspath(pred_dir)):
+        other = by_name.setdefault(_name_key(path), path)
+        if other != path:
+            raise ValueError(f"two predictions for the same image: {other} and {path}")
+    pred_paths = []
+    for gt_path in gt_paths:
+        key = _name_key(gt_path)
+        if key not in by_name:
+            raise FileNotFoundError(
+                f"{gt_path}: no prediction {key}.png (or {key}_bin.png) under "
+                f"{os.fspath(pred_dir)!r}"
+            )
+        pred_paths.append(by_name[key])
+    return pred_paths, gt_paths
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,7 +361,7 @@ def internal_miou_from_confusion(conf: np.ndarray) -> dict[str, Any]:
 
     Args:
       conf: int (37, 37) counts, rows = ground-truth train id, columns = prediction, ground-truth
-        255 already excluded (e.g. `evaluation.segmentation.confusion_matrix(..., 37)`).
+        255 already excluded (e.g. `evaluation.device.confusion_matrix(..., 37)`).
 
     Returns:
       {"iou": list of 37 floats, "miou": float, "pixel_accuracy": float (nan if empty)}.
@@ -302,9 +383,6 @@ def internal_miou_from_confusion(conf: np.ndarray) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------
 # Submission.
-
-FULL_HW = classes.IMAGE_HW  # official image (height, width)
-CROP_TOP = classes.CROP_TOP  # IntRA-KD keeps rows 1700..2709
 
 
 def trainid_to_id(pred_trainids: np.ndarray) -> np.ndarray:
@@ -365,13 +443,6 @@ def submission_png_name(image_name: str | os.PathLike[str]) -> str:
     return stem + ".png"
 
 
-def _encode_png(img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise OSError("cv2.imencode failed to encode a submission PNG")
-    return buf.tobytes()
-
-
 def write_submission_png(
     path: str | os.PathLike[str],
     pred_trainid_hw: np.ndarray,
@@ -384,7 +455,7 @@ def write_submission_png(
     if folder:
         os.makedirs(folder, exist_ok=True)
     with open(path, "wb") as f:
-        f.write(_encode_png(img))
+        f.write(encode_png(img))
     return os.fspath(path)
 
 
@@ -433,7 +504,7 @@ class SubmissionZipWriter:
         if entry in self._seen:
             raise ValueError(f"SubmissionZipWriter.add: duplicate entry {entry!r}")
         img = submission_image(pred_trainid_hw, self.full_hw, self.crop_top)
-        self._zip.writestr(entry, _encode_png(img))
+        self._zip.writestr(entry, encode_png(img))
         self._seen.add(entry)
         self.names.append(entry)
         return entry
@@ -447,3 +518,63 @@ class SubmissionZipWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = cli.new_parser(
+        "intrakd_jax.evaluation.apolloscape",
+        "Official ApolloScape lane-marking mIoU (cityscapes script over label ids) of id PNGs.",
+    )
+    parser.add_argument("--gt", required=True, help="ground-truth folder (<name>_bin.png files)")
+    parser.add_argument(
+        "--pred",
+        required=True,
+        help="prediction folder: <name>.png or <name>_bin.png id images, any sub-folders",
+    )
+    parser.add_argument(
+        "--without_void",
+        action="store_true",
+        help="leave void (id 0) out of the Score Average (the public script includes it)",
+    )
+    return parser
+
+
+def _print_scores(title: str, scores: dict[str, float], average: float) -> None:
+    # Laid out like the cityscapes script's tables, three decimals.
+    print(f"{title:<14}   IoU")
+    print("-" * 24)
+    for name, value in scores.items():
+        if not math.isnan(value):
+            print(f"{name:<14}: {value:>5.3f}")
+    print("-" * 24)
+    print(f"{'Score Average':<14}: {average:>5.3f}")
+    print("-" * 24)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    cli.require_dir(args.gt, "--gt")
+    cli.require_dir(args.pred, "--pred")
+    pred_paths, gt_paths = match_predictions(args.gt, args.pred)
+    result = evaluate_official(
+        pred_paths, gt_paths, include_void=not args.without_void, workers=args.workers
+    )
+    _print_scores("classes", result["iou"], result["miou"])
+    _print_scores("categories", result["category_iou"], result["category_miou"])
+    print(
+        f"{result['num_images']} images; Score Average without void: "
+        f"{result['miou_without_void']:.3f}"
+    )
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (see `evaluation.cli`)."""
+    return cli.run(_build_parser(), argv, _run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

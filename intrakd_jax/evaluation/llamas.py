@@ -7,16 +7,41 @@ points from (P=1, R=0), adds `(R_i - R_{i-1}) * P_{i-1}`, keeps the corner with 
 and averages every value over images. This module reproduces that result bit for bit, but
 counts all thresholds at once from a histogram of "first threshold at which a pixel turns
 positive" instead of making 101 passes over the image.
+
+Inputs of the official script: for every label ``<labels>/<recording>/<ts>.json`` (all ``.json``
+files under the label folder) the inference folder holds ``<recording>/<ts>.json_<k>.png``:
+k = 0..4 (background, l1, l0, r0, r1) with ``--multi_class``, k = 1 alone for the binary task,
+at 717 x 1276. `write_llamas_probability_pngs` writes that layout, `evaluate_pixel_ap` scores it
+against the labels rendered from the json files, and the command line does the same::
+
+  python -m intrakd_jax.evaluation.llamas --labels LLAMAS/labels/valid --predictions DIR \
+      [--multi_class] [--workers N] [--output result.json]
+
+It prints the inference folder and the per-class means keyed by class id, as the official script
+does (``pprint``), then the mean AP over the lane classes. A missing or unreadable prediction
+PNG stops it with the file's name (the official script fails there too).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import pprint
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
+
+from data_pipelines.formats.llamas import (
+    BINARY_NAMES,
+    MULTICLASS_NAMES,
+    read_json,
+    render_binary_label,
+    render_multiclass_label,
+)
+from intrakd_jax.evaluation import cli, pool
 
 NUM_THRESHOLD_STEPS = 100
 
@@ -351,13 +376,15 @@ def write_llamas_probability_pngs(
 
     Files are `<out_dir>/<recording>/<ts>.json_<k>.png`, 8-bit single-channel with the levels
     of `quantize_probabilities(p, rounding)`, i.e. uint8(clip(p, 0, 1) * 255). The official
-    script expects full resolution (717 x 1276); resizing is the caller's job.
+    script expects full resolution (717 x 1276); resizing is the caller's job. By default the
+    maps the official script reads are written (`official_class_ids`): all K for multi-class,
+    background included, and k = 1 alone for a binary (K = 2) model.
 
     Args:
       out_dir: inference folder root.
       key: "<recording>/<ts>" (the label base without ".json"; a trailing ".json" is accepted).
       probs_hwk: (H, W, K) probabilities.
-      class_ids: channels k to write (default all K); e.g. [1] for the binary task.
+      class_ids: channels k to write (default `official_class_ids(K)`).
       rounding: "truncate" or "round"; use the same as the `PixelAPAccumulator`.
 
     Returns:
@@ -374,7 +401,7 @@ def write_llamas_probability_pngs(
             f"write_llamas_probability_pngs: probs_hwk must be (H, W, K), got {probs_hwk.shape}"
         )
     num_k = probs_hwk.shape[-1]
-    ids = list(range(num_k)) if class_ids is None else [int(k) for k in class_ids]
+    ids = official_class_ids(num_k) if class_ids is None else [int(k) for k in class_ids]
     if any(k < 0 or k >= num_k for k in ids):
         raise ValueError(
             f"write_llamas_probability_pngs: class_ids {ids} out of range for K={num_k}"
@@ -389,3 +416,194 @@ def write_llamas_probability_pngs(
             raise OSError(f"write_llamas_probability_pngs: cv2.imwrite failed for {path}")
         paths.append(path)
     return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Folder evaluation: the official evaluate_segmentation.py inputs.
+
+
+def official_class_ids(num_classes: int) -> list[int]:
+    """The ``.json_<k>.png`` maps the official script reads for a model of K classes.
+
+    Binary (K = 2): [1]. Multi-class: every class, background included (0..4 for LLAMAS: the
+    official ``--multi_class`` loop reads ``json_0`` to ``json_4``).
+    """
+    if num_classes < 2:
+        raise ValueError(f"official_class_ids: need at least 2 classes, got {num_classes}")
+    return [1] if num_classes == 2 else list(range(num_classes))
+
+
+def label_base(label_path: str | os.PathLike[str]) -> str:
+    """Official `get_label_base`: the last two path components, `<recording>/<ts>.json`."""
+    parts = os.fspath(label_path).replace("\\", "/").split("/")
+    return "/".join(parts[-2:])
+
+
+def list_label_files(label_dir: str | os.PathLike[str]) -> list[str]:
+    """Every ``.json`` file under a label folder (official `get_files_from_folder`), sorted.
+
+    Raises:
+      FileNotFoundError: the folder does not exist or holds no ``.json`` file.
+    """
+    root = os.fspath(label_dir)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"LLAMAS label folder {root!r} does not exist "
+            "(expected labels/<split> with <recording>/<ts>.json files)"
+        )
+    paths = []
+    for dirpath, _, files in os.walk(root):
+        paths.extend(os.path.join(dirpath, f) for f in files if f.endswith(".json"))
+    if not paths:
+        raise FileNotFoundError(f"no .json labels found under {root!r}")
+    return sorted(paths)
+
+
+def probability_png_path(
+    pred_dir: str | os.PathLike[str], label_path: str | os.PathLike[str], class_id: int
+) -> str:
+    """``<pred_dir>/<recording>/<ts>.json_<k>.png``, the official name for one label and class."""
+    return os.path.join(os.fspath(pred_dir), label_base(label_path)) + f"_{class_id}.png"
+
+
+def read_probability_png(path: str, hw: Sequence[int]) -> np.ndarray:
+    """The 8-bit levels the official script reads (``cv2.imread(path, IMREAD_GRAYSCALE)``).
+
+    Raises:
+      FileNotFoundError: the file is missing or OpenCV cannot read it.
+      ValueError: its size differs from the label's (H, W).
+    """
+    levels = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if levels is None:
+        raise FileNotFoundError(
+            f"{path}: prediction PNG missing or unreadable (the official script reads "
+            "<recording>/<ts>.json_<k>.png for every label and class)"
+        )
+    if levels.shape != tuple(hw):
+        raise ValueError(
+            f"{path}: prediction is {levels.shape[1]}x{levels.shape[0]} pixels, the label "
+            f"{hw[1]}x{hw[0]} (write the maps at full resolution)"
+        )
+    return levels
+
+
+def score_label(task: tuple[str, str, bool]) -> dict[int, dict[str, float]]:
+    """Official per-image results of one label: ``(label_path, pred_dir, multi_class)``.
+
+    Returns:
+      {class id: {"auc", "precision", "recall", "threshold"}} for ids 0..4 (multi-class) or 1.
+    """
+    label_path, pred_dir, multi_class = task
+    label = read_json(label_path)
+    if multi_class:
+        classes_hw = render_multiclass_label(label)
+        targets = {k: classes_hw == k for k in range(len(MULTICLASS_NAMES))}
+    else:
+        targets = {1: render_binary_label(label) != 0}
+    out = {}
+    for k, target_hw in targets.items():
+        levels_hw = read_probability_png(
+            probability_png_path(pred_dir, label_path, k), target_hw.shape
+        )
+        out[k] = _auc_from_steps(_LEVEL_TO_STEP[levels_hw], target_hw)
+    return out
+
+
+def evaluate_pixel_ap(
+    label_dir: str | os.PathLike[str],
+    pred_dir: str | os.PathLike[str],
+    *,
+    multi_class: bool = False,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """The official LLAMAS segmentation scores of an inference folder (``evaluate_set``).
+
+    Every label under `label_dir` is rendered (official multi-class or binary label) and scored
+    against its ``.json_<k>.png`` maps in `pred_dir`; each value is averaged over the images
+    (summed in sorted label order).
+
+    Args:
+      label_dir: e.g. ``LLAMAS/labels/valid``.
+      pred_dir: the inference folder, ``<recording>/<ts>.json_<k>.png``.
+      multi_class: score k = 0..4 against the multi-class label (official ``--multi_class``);
+        else k = 1 against the binary label.
+      workers: processes (None: all CPU cores).
+
+    Returns:
+      {"per_class": {name: {"auc", "precision", "recall", "threshold"}}, "class_ids": {name: k},
+      "map": mean AP over the lane classes (k >= 1), "map_all": mean over every scored class,
+      "num_images": int, "multi_class": bool}.
+
+    Raises:
+      FileNotFoundError: no labels, or a prediction PNG is missing (named).
+      ValueError: a prediction of the wrong size; LabelFormatError for a malformed label.
+    """
+    labels = list_label_files(label_dir)
+    tasks = [(path, os.fspath(pred_dir), bool(multi_class)) for path in labels]
+    per_image = pool.map_images(score_label, tasks, workers=workers, what="LLAMAS pixel AP images")
+    names = MULTICLASS_NAMES if multi_class else BINARY_NAMES
+    ids = list(per_image[0])
+    per_class = {
+        names[k]: {m: sum(res[k][m] for res in per_image) / len(per_image) for m in _METRICS}
+        for k in ids
+    }
+    aucs = {k: per_class[names[k]]["auc"] for k in ids}
+    lanes = [aucs[k] for k in ids if k > 0]
+    return {
+        "per_class": per_class,
+        "class_ids": {names[k]: k for k in ids},
+        "map": sum(lanes) / len(lanes),
+        "map_all": sum(aucs.values()) / len(aucs),
+        "num_images": len(per_image),
+        "multi_class": bool(multi_class),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line.
+
+
+def add_folder_flags(parser: argparse.ArgumentParser, predictions_help: str) -> None:
+    """``--labels`` (a LLAMAS label folder) and ``--predictions`` for the LLAMAS command lines."""
+    parser.add_argument(
+        "--labels", required=True, help="label folder searched for .json files, e.g. labels/valid"
+    )
+    parser.add_argument("--predictions", required=True, help=predictions_help)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = cli.new_parser(
+        "intrakd_jax.evaluation.llamas",
+        "Official LLAMAS segmentation AP (evaluate_segmentation.py) of an inference folder.",
+    )
+    add_folder_flags(
+        parser, "inference folder with <recording>/<ts>.json_<k>.png (official --inference_folder)"
+    )
+    parser.add_argument(
+        "--multi_class",
+        action="store_true",
+        help="score json_0..4 against the multi-class labels (default: json_1, binary labels)",
+    )
+    return parser
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    cli.require_dir(args.labels, "--labels")
+    cli.require_dir(args.predictions, "--predictions")
+    result = evaluate_pixel_ap(
+        args.labels, args.predictions, multi_class=args.multi_class, workers=args.workers
+    )
+    # The official script's printout: the folder, then {class id: means}.
+    pprint.pprint(args.predictions)
+    pprint.pprint({k: result["per_class"][name] for name, k in result["class_ids"].items()})
+    print(f"mean AP over the lane classes: {result['map']:.6f} ({result['num_images']} images)")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (see `evaluation.cli`)."""
+    return cli.run(_build_parser(), argv, _run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

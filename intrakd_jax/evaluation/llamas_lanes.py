@@ -9,7 +9,8 @@
   lane is cast to int32 by truncation, drawn with `cv2.line(thickness=30)` on a 717 x 1276
   canvas, IoU is |A & B| / |A | B|, lanes are matched by `linear_sum_assignment(1 - IoU)` and a
   match is a true positive when IoU > 0.5. FP = #pred - TP and FN = #gt - TP, summed over images.
-* `write_lines_txt`: the CULane/LLAMAS `.lines.txt` prediction format.
+* `read_lines_txt`: the LLAMAS reading of the CULane `.lines.txt` prediction format (the writer
+  is `data_pipelines.formats.lines_txt.write_lines_txt`).
 * `write_lane_regression_json` / `lane_regression_error`: the "lane approximation" benchmark
   (2.6c): one json of per-row x values per lane, scored by the mean absolute x error at rows
   >= 300.
@@ -25,10 +26,11 @@ markers are all horizontal or vertical is not extended (the official `min()` fai
 
 from __future__ import annotations
 
-import concurrent.futures
+import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -37,8 +39,9 @@ import numpy as np
 from scipy.interpolate import splev, splprep
 from scipy.optimize import linear_sum_assignment
 
-from data_pipelines.llamas import clean_label, read_json
-from intrakd_jax.evaluation.prob2lines import format_coordinate
+from data_pipelines.formats.llamas import clean_label, read_json
+from intrakd_jax.evaluation import cli, pool
+from intrakd_jax.evaluation.llamas import add_folder_flags, label_base, list_label_files
 
 IMAGE_HW = (717, 1276)  # official LLAMAS (height, width)
 MIN_ROW = 300  # official first evaluated row (culane_metric `add_ys`, lane_regression cutoff)
@@ -256,7 +259,11 @@ def read_lines_txt(path: str | os.PathLike[str], missing_ok: bool = True) -> lis
     except FileNotFoundError:
         if missing_ok:
             return []
-        raise
+        raise FileNotFoundError(
+            f"{source}: prediction file not found (one <recording>/<ts>.lines.txt per label)"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source}: not a text file ({e.reason} at byte {e.start})") from None
     lanes = []
     for line_no, line in enumerate(lines, start=1):
         tokens = line.split()
@@ -274,48 +281,6 @@ def read_lines_txt(path: str | os.PathLike[str], missing_ok: bool = True) -> lis
         if values.size >= 4:
             lanes.append(values.reshape(-1, 2))
     return lanes
-
-
-def write_lines_txt(
-    path: str | os.PathLike[str],
-    lanes: Iterable[np.ndarray | Sequence[Sequence[float]]],
-    min_points: int = 2,
-) -> int:
-    """Writes lanes in the CULane/LLAMAS `.lines.txt` format: one "x y x y ..." line per lane.
-
-    Lanes with fewer than `min_points` points are skipped: both official tools can only count
-    them as false positives (CULane) or drop them (LLAMAS), and an empty line would be a lane in
-    the CULane tool. Parent folders are created.
-
-    Args:
-      path: output file, e.g. `<pred_dir>/<recording>/<ts>.lines.txt`.
-      lanes: lanes as (N, 2) arrays or sequences of (x, y).
-      min_points: lanes with fewer points are not written.
-
-    Returns:
-      The number of lanes written.
-
-    Raises:
-      ValueError: a lane is not (N, 2) or holds a non-finite coordinate.
-    """
-    rows = []
-    for i, lane in enumerate(lanes):
-        pts = np.asarray(lane, dtype=np.float64)
-        if pts.size == 0:
-            continue
-        if pts.ndim != 2 or pts.shape[1] != 2:
-            raise ValueError(f"write_lines_txt: lane {i} must be (N, 2) points, got {pts.shape}")
-        if not np.all(np.isfinite(pts)):
-            raise ValueError(f"write_lines_txt: lane {i} has non-finite coordinates")
-        if len(pts) < min_points:
-            continue
-        rows.append(" ".join(format_coordinate(v) for v in pts.ravel()))
-    folder = os.path.dirname(os.fspath(path))
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("".join(row + "\n" for row in rows))
-    return len(rows)
 
 
 def interpolate_lane(points: np.ndarray, n: int = NUM_SPLINE_SAMPLES) -> np.ndarray:
@@ -452,32 +417,16 @@ def lane_f1_counts(
     return tp, len(pred_lanes) - tp, len(gt_lanes) - tp
 
 
-def label_base(label_path: str | os.PathLike[str]) -> str:
-    """Official `get_label_base`: the last two path components, `<recording>/<ts>.json`."""
-    parts = os.fspath(label_path).replace("\\", "/").split("/")
-    return "/".join(parts[-2:])
-
-
 def prediction_path(pred_dir: str | os.PathLike[str], label_path: str | os.PathLike[str]) -> str:
     """`<pred_dir>/<recording>/<ts>.lines.txt` for a label `.../<recording>/<ts>.json`."""
     return os.path.join(os.fspath(pred_dir), label_base(label_path).replace(".json", ".lines.txt"))
 
 
-def _list_labels(label_dir_or_json_list) -> list[str]:
+def _label_paths(
+    label_dir_or_json_list: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> list[str]:
     if isinstance(label_dir_or_json_list, str | os.PathLike):
-        root = os.fspath(label_dir_or_json_list)
-        if not os.path.isdir(root):
-            raise FileNotFoundError(
-                f"evaluate_lane_f1: label directory {root!r} does not exist "
-                "(expected labels/<split> with <recording>/<ts>.json files)"
-            )
-        paths = []
-        for dirpath, _, files in os.walk(root):
-            paths.extend(os.path.join(dirpath, f) for f in files if f.endswith(".json"))
-        paths.sort()
-        if not paths:
-            raise FileNotFoundError(f"evaluate_lane_f1: no .json labels found under {root!r}")
-        return paths
+        return list_label_files(label_dir_or_json_list)
     paths = [os.fspath(p) for p in label_dir_or_json_list]
     bad = [p for p in paths if not p.endswith(".json")]
     if bad:
@@ -496,6 +445,16 @@ def _scores(tp: int, fp: int, fn: int) -> dict[str, Any]:
     return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1}
 
 
+def lane_counts_of_label(task: tuple[str, str, dict[str, Any]]) -> tuple[int, int, int]:
+    """(TP, FP, FN) of one label: ``(label_path, pred_dir, settings of evaluate_lane_f1)``."""
+    label_path, pred_dir, settings = task
+    gt = gt_lanes_from_json(label_path, min_row=settings["min_row"], image_hw=settings["image_hw"])
+    pred = read_lines_txt(prediction_path(pred_dir, label_path), missing_ok=settings["missing_ok"])
+    return lane_f1_counts(
+        pred, gt, settings["width"], settings["iou_threshold"], settings["image_hw"]
+    )
+
+
 def evaluate_lane_f1(
     label_dir_or_json_list: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     pred_dir: str | os.PathLike[str],
@@ -505,7 +464,7 @@ def evaluate_lane_f1(
     image_hw: Sequence[int] = IMAGE_HW,
     min_row: int = MIN_ROW,
     missing_ok: bool = True,
-    num_workers: int = 1,
+    workers: int | None = 1,
 ) -> dict[str, Any]:
     """Official LLAMAS lane F1 ("CULane metric", discrete mode) over a set of labels.
 
@@ -522,29 +481,29 @@ def evaluate_lane_f1(
       iou_threshold: IoU above which a match is a TP (official 0.5).
       image_hw: canvas (height, width) (official (717, 1276)).
       min_row: first ground-truth row (official 300).
-      missing_ok: a missing prediction file means no lanes (else FileNotFoundError).
-      num_workers: threads used over images (OpenCV and numpy release the GIL while drawing and
-        counting).
+      missing_ok: a missing prediction file means no lanes (else FileNotFoundError, as the
+        official script fails).
+      workers: processes over images (None: all CPU cores; 1: in this process).
 
     Returns:
       {"tp", "fp", "fn", "precision", "recall", "f1", "num_images"}.
 
     Raises:
       FileNotFoundError: no labels, or a missing prediction file with `missing_ok=False`.
-      ValueError: malformed prediction file or label geometry.
+      ValueError: malformed prediction file (named, with its line) or label geometry.
     """
-    labels = _list_labels(label_dir_or_json_list)
-
-    def one(label_path: str) -> tuple[int, int, int]:
-        gt = gt_lanes_from_json(label_path, min_row=min_row, image_hw=image_hw)
-        pred = read_lines_txt(prediction_path(pred_dir, label_path), missing_ok=missing_ok)
-        return lane_f1_counts(pred, gt, width, iou_threshold, image_hw)
-
-    if num_workers > 1:
-        with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-            counts = list(pool.map(one, labels))
-    else:
-        counts = [one(p) for p in labels]
+    labels = _label_paths(label_dir_or_json_list)
+    settings = {
+        "width": int(width),
+        "iou_threshold": float(iou_threshold),
+        "image_hw": (int(image_hw[0]), int(image_hw[1])),
+        "min_row": int(min_row),
+        "missing_ok": bool(missing_ok),
+    }
+    tasks = [(path, os.fspath(pred_dir), settings) for path in labels]
+    counts = pool.map_images(
+        lane_counts_of_label, tasks, workers=workers, what="LLAMAS lane F1 images"
+    )
     tp = sum(c[0] for c in counts)
     fp = sum(c[1] for c in counts)
     fn = sum(c[2] for c in counts)
@@ -652,3 +611,55 @@ def lane_regression_error(
     diff = np.abs(ref - det)
     valid = ~np.isnan(diff)
     return float(diff[valid].mean()) if valid.any() else math.nan
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = cli.new_parser(
+        "intrakd_jax.evaluation.llamas_lanes",
+        "Official LLAMAS lane F1 (culane_metric/evaluate.py, discrete mode) of .lines.txt files.",
+    )
+    add_folder_flags(parser, "folder with <recording>/<ts>.lines.txt (official --pred_dir)")
+    parser.add_argument("--width", type=int, default=LANE_WIDTH, help="lane width in pixels (30)")
+    parser.add_argument(
+        "--missing_as_empty",
+        action="store_true",
+        help="a missing .lines.txt means no lanes (default: an error, as officially)",
+    )
+    return parser
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    cli.require_dir(args.labels, "--labels")
+    cli.require_dir(args.predictions, "--predictions")
+    if args.width < 1:
+        raise cli.UsageError(f"--width must be >= 1, got {args.width}")
+    result = evaluate_lane_f1(
+        args.labels,
+        args.predictions,
+        width=args.width,
+        missing_ok=args.missing_as_empty,
+        workers=args.workers,
+    )
+    # The official script's printout.
+    header = "=" * 20 + " Results" + "=" * 20
+    print(header)
+    for key in ("tp", "fp", "fn"):
+        print(f"{key.upper()}: {result[key]}")
+    for key in ("precision", "recall"):
+        print(f"{key.capitalize()}: {result[key]:.4f}")
+    print(f"F1: {result['f1']:.4f}")
+    print("=" * len(header))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (see `evaluation.cli`)."""
+    return cli.run(_build_parser(), argv, _run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

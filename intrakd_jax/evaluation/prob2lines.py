@@ -1,4 +1,4 @@
-"""CULane probability maps -> lanes (the official MATLAB ``prob2lines``); ``.lines.txt`` writer.
+"""CULane probability maps -> lanes (the official MATLAB ``prob2lines``).
 
 The official pipeline (SCNN / ERFNet-CULane ``tools/prob2lines``, DATASETS.md section 1.8) turns,
 per test image, four lane-probability maps in crop space (976x208 for rows 240..589 of the
@@ -14,7 +14,7 @@ per test image, four lane-probability maps in crop space (976x208 for rows 240..
 MATLAB's ``uint16()`` rounds halves away from zero (``id = 61`` gives exactly 102.5 -> 103), which
 is not numpy's round-half-to-even; this module reproduces MATLAB's rule. Everything is vectorised
 over lanes and rows. The ``.lines.txt`` writer (``format_lines``, ``write_lines_txt``,
-``lines_txt_path``) lives in ``data_pipelines.culane`` and is re-exported here.
+``lines_txt_path``) is ``data_pipelines.formats.lines_txt``.
 """
 
 from __future__ import annotations
@@ -24,14 +24,6 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-
-# The .lines.txt primitives live with the CULane reader (the synthetic generator writes ground
-# truth with them; data_pipelines must not import intrakd_jax); re-exported here.
-from data_pipelines.lines_txt import format_coordinate as format_coordinate
-from data_pipelines.lines_txt import format_lines as format_lines
-from data_pipelines.lines_txt import lines_txt_path as lines_txt_path
-from data_pipelines.lines_txt import strip_extension as strip_extension
-from data_pipelines.lines_txt import write_lines_txt as write_lines_txt
 
 # Official constants (ERFNet-CULane ``erf_settings.py`` / ``prob2lines/main.m``).
 CULANE_IMAGE_WIDTH = 1640

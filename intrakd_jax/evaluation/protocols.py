@@ -7,8 +7,10 @@ probabilities at network-input resolution (after the dataset's ``crop_top``), an
 * accumulates the benchmark's official metric against the full-resolution ground truth,
 * returns, from ``finish``, the metrics and the markdown tables of the report.
 
-  llamas       ``predictions/<rec>/<ts>.json_<k>.png`` probability maps (official pixel AP, per
-               class, at 717 x 1276) and ``lanes/<rec>/<ts>.lines.txt`` (official lane F1)
+  llamas       ``predictions/<rec>/<ts>.json_<k>.png`` probability maps, every map the official
+               ``evaluate_segmentation.py`` reads (``json_0..4`` with background for
+               multi-class, ``json_1`` for binary; official pixel AP per class, at 717 x 1276)
+               and ``lanes/<rec>/<ts>.lines.txt`` (official lane F1)
   culane       ``lines/<image path>.lines.txt`` via prob2lines (official F1; the nine categories
                as well when the split is ``test`` and ``list/test_split`` exists)
   apolloscape  ``predictions/<road>/<name>.png`` id images at 3384 x 2710 (official mIoU over ids
@@ -32,6 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from data_pipelines.formats import lines_txt
 from intrakd_jax.evaluation import apolloscape, culane, llamas, llamas_lanes, prob2lines, report
 from intrakd_jax.evaluation import tta as tta_lib
 
@@ -57,7 +60,7 @@ class ProtocolContext:
       tta: "none" or "official" (ApolloScape only).
       tta_test_size: official test size (crop width) at the official scale, e.g. 1440.
       include_void: ApolloScape official mIoU includes the void class (public script).
-      workers: processes for the CULane evaluator (None = all cores).
+      workers: processes for the lane metrics (None = all cores).
     """
 
     split: str
@@ -175,11 +178,10 @@ class LlamasProtocol(Protocol):
         self.num_images += 1
         full = self.full_probs(probs_hwk)
         if self.ctx.write_predictions:
+            # Every map the official script reads: json_0..4 (background too) for multi-class,
+            # json_1 for a binary model.
             llamas.write_llamas_probability_pngs(
-                os.path.join(self.ctx.out_dir, "predictions"),
-                key,
-                full,
-                class_ids=range(1, full.shape[-1]),
+                os.path.join(self.ctx.out_dir, "predictions"), key, full
             )
         maps_lhw = np.moveaxis(np.asarray(probs_hwk, np.float32)[..., 1:], -1, 0)
         lanes = prob2lines.prob2lines(
@@ -190,7 +192,7 @@ class LlamasProtocol(Protocol):
             crop_top=self.ctx.crop_top,
             **self.rows,
         )
-        prob2lines.write_lines_txt(self.path("lanes", key + ".lines.txt"), lanes)
+        lines_txt.write_lines_txt(self.path("lanes", key + ".lines.txt"), lanes)
         if label_path is not None:
             label = _read_label_png(label_path)
             self.ap.update(full[None], label[None])
@@ -213,7 +215,7 @@ class LlamasProtocol(Protocol):
             os.path.join(self.ctx.out_dir, "lanes"),
             image_hw=self.ctx.source_hw,
             width=self.canvas(llamas_lanes.IMAGE_HW[1])["width"],
-            num_workers=2,
+            workers=self.ctx.workers,
         )
         metrics["lane_f1"] = lane
         rows = [{"class": k, "AP": v} for k, v in metrics["ap"].items()]
@@ -252,7 +254,7 @@ class CulaneProtocol(Protocol):
             crop_top=self.ctx.crop_top,
             **self.lane_rows(0, prob2lines.CULANE_IMAGE_HEIGHT),
         )
-        prob2lines.write_lines_txt(prob2lines.lines_txt_path(self.lines_dir, rel), lanes)
+        lines_txt.write_lines_txt(lines_txt.lines_txt_path(self.lines_dir, rel), lanes)
 
     @property
     def lines_dir(self) -> str:
@@ -268,7 +270,7 @@ class CulaneProtocol(Protocol):
         with open(list_file, "w") as f:
             f.write("".join(p + "\n" for p in self.image_list))
         have_anno = any(
-            os.path.exists(prob2lines.lines_txt_path(self.ctx.data_dir, p)) for p in self.image_list
+            os.path.exists(lines_txt.lines_txt_path(self.ctx.data_dir, p)) for p in self.image_list
         )
         if not have_anno:
             return metrics, tables

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines.util import write_file_atomic
+
 MISSING = "n/a"  # How nan/None cells appear in Markdown tables.
 
 
@@ -115,12 +117,18 @@ def write_report(
     """
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise ValueError(f"write_report: name must be a plain file stem, got {name!r}")
-    payload = json.dumps(to_jsonable(results), indent=2, sort_keys=False, allow_nan=False)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{name}.json"), "w", encoding="utf-8") as f:
-        f.write(payload + "\n")
+    write_json(os.path.join(out_dir, f"{name}.json"), results)
     parts = [f"# {name}\n"]
     for title, table in tables.items():
         parts.append(f"\n## {title}\n\n{table.rstrip()}\n")
-    with open(os.path.join(out_dir, f"{name}.md"), "w", encoding="utf-8") as f:
-        f.write("".join(parts))
+    write_file_atomic(os.path.join(out_dir, f"{name}.md"), "".join(parts).encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike[str], results: Any) -> None:
+    """Writes ``results`` (see ``to_jsonable``) as indented JSON, atomically.
+
+    Raises:
+      TypeError: if ``results`` holds a value JSON cannot represent.
+    """
+    payload = json.dumps(to_jsonable(results), indent=2, sort_keys=False, allow_nan=False)
+    write_file_atomic(os.fspath(path), (payload + "\n").encode("utf-8"))

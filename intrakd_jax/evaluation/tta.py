@@ -58,6 +58,32 @@ def _resize(arr_hwc: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return out.reshape(hw + arr_hwc.shape[2:])
 
 
+def _checked_geometry(
+    image_hwc: np.ndarray, scales: Sequence[Sequence[int]], crop_hw: Sequence[int]
+) -> tuple[np.ndarray, list[tuple[int, int]], tuple[int, int]]:
+    """Validates the `tta_probs` inputs; returns the image, the scales and the crop as ints."""
+    image = np.asarray(image_hwc)
+    if image.ndim != 3:
+        raise ValueError(f"tta_probs: image_hwc must be (H, W, C), got shape {image.shape}")
+    scale_list = [(int(s[0]), int(s[1])) for s in scales]
+    if not scale_list or any(h <= 0 or w <= 0 for h, w in scale_list):
+        raise ValueError(f"tta_probs: scales must be positive (height, width) pairs, got {scales}")
+    ch, cw = int(crop_hw[0]), int(crop_hw[1])
+    if ch <= 0 or cw <= 0:
+        raise ValueError(f"tta_probs: crop_hw must be positive, got {crop_hw}")
+    for h, w in scale_list:
+        if ch > h or cw > w:
+            # The official slicing would silently take a smaller, wrapped crop here.
+            raise ValueError(f"tta_probs: crop {(ch, cw)} is larger than the scale {(h, w)}")
+        if 2 * ch < h or 2 * cw < w:
+            # Four corner crops leave a gap in the middle; the official count map would be 0.
+            raise ValueError(
+                f"tta_probs: four {(ch, cw)} corner crops do not cover the scale {(h, w)} "
+                "(need crop >= half the scale in both directions)"
+            )
+    return image, scale_list, (ch, cw)
+
+
 def tta_probs(
     predict_fn: Callable[[np.ndarray], Any],
     image_hwc: np.ndarray,
@@ -98,25 +124,7 @@ def tta_probs(
       ValueError: bad shapes, a crop larger than a scale, or a `predict_fn` output of the wrong
         shape.
     """
-    image = np.asarray(image_hwc)
-    if image.ndim != 3:
-        raise ValueError(f"tta_probs: image_hwc must be (H, W, C), got shape {image.shape}")
-    scale_list = [(int(s[0]), int(s[1])) for s in scales]
-    if not scale_list or any(h <= 0 or w <= 0 for h, w in scale_list):
-        raise ValueError(f"tta_probs: scales must be positive (height, width) pairs, got {scales}")
-    ch, cw = int(crop_hw[0]), int(crop_hw[1])
-    if ch <= 0 or cw <= 0:
-        raise ValueError(f"tta_probs: crop_hw must be positive, got {crop_hw}")
-    for h, w in scale_list:
-        if ch > h or cw > w:
-            # The official slicing would silently take a smaller, wrapped crop here.
-            raise ValueError(f"tta_probs: crop {(ch, cw)} is larger than the scale {(h, w)}")
-        if 2 * ch < h or 2 * cw < w:
-            # Four corner crops leave a gap in the middle; the official count map would be 0.
-            raise ValueError(
-                f"tta_probs: four {(ch, cw)} corner crops do not cover the scale {(h, w)} "
-                "(need crop >= half the scale in both directions)"
-            )
+    image, scale_list, (ch, cw) = _checked_geometry(image_hwc, scales, crop_hw)
     target_hw = scale_list[0] if out_hw is None else (int(out_hw[0]), int(out_hw[1]))
 
     total_hwk = None

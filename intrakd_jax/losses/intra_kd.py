@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from intrakd_jax.losses.common import compute_dtype, safe_norm, weighted_tap_sum
+
 __all__ = [
     "affinity_graph",
     "aoi_maps",
@@ -168,12 +170,6 @@ def aoi_maps(
 # ----------------------------------------------------------------------------------------------
 
 
-def _compute_dtype(*dtypes) -> jnp.dtype:
-    # At least float32 (bf16/f16 features are upcast); float64 stays float64 under x64 so finite
-    # difference tests can run in double precision.
-    return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
-
-
 def moment_pool(
     features: jax.Array,
     aoi: jax.Array,
@@ -226,7 +222,7 @@ def moment_pool(
 
 @functools.partial(jax.jit, static_argnames=("eps", "normalizer", "skew_denominator"))
 def _moment_pool_jit(features, aoi, eps, normalizer, skew_denominator):
-    dtype = _compute_dtype(features.dtype, aoi.dtype)
+    dtype = compute_dtype(features.dtype, aoi.dtype)
     feats_bhwc = features.astype(dtype)
     aoi_bhwn = aoi.astype(dtype)
     _, h, w, c = feats_bhwc.shape
@@ -282,13 +278,6 @@ def _moment_pool_jit(features, aoi, eps, normalizer, skew_denominator):
 # ----------------------------------------------------------------------------------------------
 
 
-def _safe_norm(x: jax.Array, axis: int) -> jax.Array:
-    """L2 norm whose gradient is 0 (not NaN) at x == 0."""
-    sq = jnp.sum(x * x, axis=axis)
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
-
-
 def affinity_graph(moment: jax.Array, eps: float = 1e-8) -> jax.Array:
     """Cosine-similarity graph between class descriptors.
 
@@ -309,8 +298,8 @@ def affinity_graph(moment: jax.Array, eps: float = 1e-8) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("eps",))
 def _affinity_graph_jit(moment, eps):
-    m_bnc = moment.astype(_compute_dtype(moment.dtype))
-    norm_bn = _safe_norm(m_bnc, axis=-1)
+    m_bnc = moment.astype(compute_dtype(moment.dtype))
+    norm_bn = safe_norm(m_bnc, axis=-1)
     dots_bnn = jnp.einsum("bic,bjc->bij", m_bnc, m_bnc, precision=_HIGHEST)
     return dots_bnn / (norm_bn[:, :, None] * norm_bn[:, None, :] + eps)
 
@@ -378,7 +367,7 @@ def intra_kd_loss(
     pool = functools.partial(moment_pool, normalizer=normalizer, skew_denominator=skew_denominator)
     student_moments = pool(student_feats, aoi_for(student_feats))
     teacher_moments = pool(teacher_feats, aoi_for(teacher_feats))
-    total = jnp.zeros((), _compute_dtype(student_feats.dtype))
+    total = jnp.zeros((), compute_dtype(student_feats.dtype))
     for alpha, m_s, m_t in zip(alphas, student_moments, teacher_moments, strict=True):
         if alpha == 0.0:
             continue
@@ -413,28 +402,5 @@ def multi_tap_intra_kd_loss(
       KeyError: a named tap is missing (the message lists the available taps).
       ValueError: ``pairs`` is empty or malformed.
     """
-    if not pairs:
-        raise ValueError("multi_tap_intra_kd_loss: pairs is empty; give (student, teacher, weight)")
-    total = None
-    for pair in pairs:
-        if len(pair) != 3:
-            raise ValueError(
-                f"multi_tap_intra_kd_loss: each pair must be (student_tap, teacher_tap, weight), "
-                f"got {pair!r}"
-            )
-        s_name, t_name, weight = pair
-        if s_name not in student_taps:
-            raise KeyError(
-                f"multi_tap_intra_kd_loss: student tap {s_name!r} not found; available student "
-                f"taps: {sorted(student_taps)}"
-            )
-        if t_name not in teacher_taps:
-            raise KeyError(
-                f"multi_tap_intra_kd_loss: teacher tap {t_name!r} not found; available teacher "
-                f"taps: {sorted(teacher_taps)}"
-            )
-        term = weight * intra_kd_loss(
-            student_taps[s_name], teacher_taps[t_name], labels, num_classes, **kw
-        )
-        total = term if total is None else total + term
-    return total
+    loss_fn = lambda s, t: intra_kd_loss(s, t, labels, num_classes, **kw)
+    return weighted_tap_sum(loss_fn, student_taps, teacher_taps, pairs, "multi_tap_intra_kd_loss")

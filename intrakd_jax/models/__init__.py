@@ -1,7 +1,10 @@
 """Segmentation models (Flax Linen, NHWC) and a name registry.
 
 Every model is called as ``logits_bhwk, taps = model.apply(variables, images_bhwc, train=False)``
-and has the attributes ``num_classes``, ``dtype``, ``bn_axis_name`` and ``bn_momentum``.
+and has the attributes ``num_classes``, ``dtype``, ``bn_axis_name``, ``bn_momentum`` and
+``conv_impl``, and the class attributes ``tap_levels`` ("high": the tap of the 1/8 high-level map,
+"mid": the 1/4 middle-level map) and ``sad_taps`` (successive block outputs for self-attention
+distillation, earliest first), all naming entries of ``taps``.
 """
 
 from __future__ import annotations
@@ -14,14 +17,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from intrakd_jax.models.enet import ENet
 from intrakd_jax.models.erfnet import ERFNet
 from intrakd_jax.models.pspnet import PSPNet, adaptive_avg_pool2d
 from intrakd_jax.models.resnet import DilatedResNet
+from intrakd_jax.models.resnet_student import ResNetStudent
 
 __all__ = [
     "DilatedResNet",
+    "ENet",
     "ERFNet",
     "PSPNet",
+    "ResNetStudent",
     "adaptive_avg_pool2d",
     "count_params",
     "get_model",
@@ -30,7 +37,11 @@ __all__ = [
 
 # name -> (module class, attributes fixed by the name)
 _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    "enet": (ENet, {}),
     "erfnet": (ERFNet, {}),
+    "resnet_student": (ResNetStudent, {}),
+    "resnet18": (ResNetStudent, {"depth": 18}),
+    "resnet34": (ResNetStudent, {"depth": 34}),
     "pspnet": (PSPNet, {}),
     "pspnet_resnet18": (PSPNet, {"depth": 18}),
     "pspnet_resnet34": (PSPNet, {"depth": 34}),
@@ -51,7 +62,8 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Builds a model by registry name.
 
     Args:
-      name: One of :func:`list_models` ("erfnet", "pspnet" with a ``depth`` kwarg, or
+      name: One of :func:`list_models`: students "enet", "erfnet", "resnet18", "resnet34" (or
+        "resnet_student" with a ``depth`` kwarg); teachers "pspnet" (with ``depth``) or
         "pspnet_resnet{18,34,50,101}").
       **kwargs: Module attributes, e.g. ``num_classes=37, dtype=jnp.bfloat16``.
 

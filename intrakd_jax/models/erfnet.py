@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -194,7 +194,7 @@ class UpsamplerBlock(nn.Module):
 
 
 class ERFNetEncoder(nn.Module):
-    """ERFNet encoder; returns the 1/8 features and the 1/4 stage-1 features."""
+    """ERFNet encoder; returns the 1/8 features, the 1/4 stage-1 and the mid-1/8 features."""
 
     channels: tuple[int, int, int]
     num_stage1_blocks: int
@@ -208,8 +208,14 @@ class ERFNetEncoder(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x_bhwc: jnp.ndarray, train: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Returns ``(encoder_bhwc (1/8, c2), stage1_bhwc (1/4, c1))``."""
+    def __call__(
+        self, x_bhwc: jnp.ndarray, train: bool
+    ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+        """Returns ``(encoder_bhwc (1/8, c2), stage1_bhwc (1/4, c1), stage2_mid_bhwc (1/8, c2))``.
+
+        ``stage2_mid`` is the output of the first half of the 1/8 blocks (the first dilation group
+        of ERFNet), or of the third downsampler when there are none.
+        """
         c0, c1, c2 = self.channels
         kw = dict(norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl)
         block = _residual_block(self.remat)
@@ -226,10 +232,13 @@ class ERFNetEncoder(nn.Module):
             x = block(self.stage1_dropout, 1, name=name(), **kw)(x, train)
         stage1_bhwc = x
         x = DownsamplerBlock(c2, name=name(), **kw)(x)
-        for _ in range(self.num_stage2_repeats):
-            for d in self.stage2_dilations:
-                x = block(self.stage2_dropout, d, name=name(), **kw)(x, train)
-        return x, stage1_bhwc
+        dilations = [d for _ in range(self.num_stage2_repeats) for d in self.stage2_dilations]
+        stage2_mid_bhwc = x
+        for i, d in enumerate(dilations):
+            x = block(self.stage2_dropout, d, name=name(), **kw)(x, train)
+            if i + 1 == len(dilations) // 2:
+                stage2_mid_bhwc = x
+        return x, stage1_bhwc, stage2_mid_bhwc
 
 
 class ERFNetDecoder(nn.Module):
@@ -268,9 +277,12 @@ class ERFNet(nn.Module):
     """ERFNet semantic segmentation network (student).
 
     Call as ``logits_bhwk, taps = model.apply(variables, images_bhwc, train=False)``. Logits
-    are float32 at the input resolution; ``taps`` holds ``"stage1"`` (1/4, ``channels[1]``) and
-    ``"encoder"`` (1/8, ``channels[2]``) in the compute dtype. Height and width must be
-    divisible by 8.
+    are float32 at the input resolution; ``taps`` holds, in the compute dtype, ``"stage1"``
+    (1/4, ``channels[1]``: end of the 1/4 blocks; the "mid" level), ``"stage2_mid"`` (1/8,
+    ``channels[2]``: after the first half of the 1/8 blocks, i.e. the first dilation group) and
+    ``"encoder"`` (1/8, ``channels[2]``: encoder output; the "high" level). Height and width
+    must be divisible by 8. ``sad_taps`` are stage1, stage2_mid, encoder: the ends of the
+    encoder's last three block groups, as ENet-SAD uses E2, E3 and E4.
 
     Attributes:
       num_classes: Number of output classes.
@@ -307,24 +319,17 @@ class ERFNet(nn.Module):
     conv_impl: ConvImpl = "fast"
     remat: bool = False
 
+    tap_levels: ClassVar[dict[str, str]] = {"high": "encoder", "mid": "stage1"}
+    sad_taps: ClassVar[tuple[str, ...]] = ("stage1", "stage2_mid", "encoder")
+
     def __post_init__(self) -> None:
         _check_positive_int("ERFNet.num_classes", self.num_classes)
-        chans = tuple(self.channels)
-        if len(chans) != 3 or not all(isinstance(c, int) and c > 0 for c in chans):
-            raise ValueError(f"ERFNet.channels must be 3 positive ints, got {self.channels!r}")
-        if not chans[0] < chans[1] < chans[2]:
-            raise ValueError(
-                f"ERFNet.channels must be strictly increasing (each downsampler concatenates its "
-                f"input), got {self.channels!r}"
-            )
+        _check_widths("ERFNet.channels", self.channels, "each downsampler concatenates its input")
         _check_positive_int("ERFNet.num_stage1_blocks", self.num_stage1_blocks, allow_zero=True)
         _check_positive_int("ERFNet.num_stage2_repeats", self.num_stage2_repeats, allow_zero=True)
         for d in self.stage2_dilations:
             _check_positive_int("ERFNet.stage2_dilations entry", d)
-        for field in ("stage1_dropout", "stage2_dropout"):
-            rate = getattr(self, field)
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"ERFNet.{field} must be in [0, 1), got {rate!r}")
+        _check_rates(self, ("stage1_dropout", "stage2_dropout"))
         check_conv_impl("ERFNet.conv_impl", self.conv_impl)
         super().__post_init__()
 
@@ -350,7 +355,7 @@ class ERFNet(nn.Module):
         norm = batch_norm(self, train)
         chans = tuple(self.channels)
         x_bhwc = x.astype(self.dtype)
-        encoder_bhwc, stage1_bhwc = ERFNetEncoder(
+        encoder_bhwc, stage1_bhwc, stage2_mid_bhwc = ERFNetEncoder(
             channels=chans,
             num_stage1_blocks=self.num_stage1_blocks,
             num_stage2_repeats=self.num_stage2_repeats,
@@ -366,7 +371,7 @@ class ERFNet(nn.Module):
         logits_bhwk = ERFNetDecoder(
             chans, self.num_classes, norm, self.dtype, self.conv_impl, self.remat, name="decoder"
         )(encoder_bhwc, train)
-        taps = {"stage1": stage1_bhwc, "encoder": encoder_bhwc}
+        taps = {"stage1": stage1_bhwc, "stage2_mid": stage2_mid_bhwc, "encoder": encoder_bhwc}
         return logits_bhwk.astype(jnp.float32), taps
 
 
@@ -376,6 +381,25 @@ def _check_positive_int(field: str, value: Any, allow_zero: bool = False) -> Non
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         kind = "a non-negative int" if allow_zero else "a positive int"
         raise ValueError(f"{field} must be {kind}, got {value!r}")
+
+
+def _check_widths(field: str, value: Any, why: str) -> None:
+    """Raises ValueError unless ``value`` is 3 strictly increasing positive ints (``why``)."""
+    widths = tuple(value) if isinstance(value, Sequence) else ()
+    if len(widths) != 3 or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in widths
+    ):
+        raise ValueError(f"{field} must be 3 positive ints, got {value!r}")
+    if not widths[0] < widths[1] < widths[2]:
+        raise ValueError(f"{field} must be strictly increasing ({why}), got {value!r}")
+
+
+def _check_rates(module: Any, fields: Sequence[str]) -> None:
+    """Raises ValueError unless each named field of ``module`` is a rate in [0, 1)."""
+    for field in fields:
+        rate = getattr(module, field)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{type(module).__name__}.{field} must be in [0, 1), got {rate!r}")
 
 
 def _check_images(model: str, x: Any, divisor: int = 1) -> None:

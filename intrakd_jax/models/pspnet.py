@@ -12,7 +12,7 @@ pyramid branches 4 x (2048 x 512 + 1024) = 4,198,400, head conv + BN 4096 x 512 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from intrakd_jax.models.conv import Conv, ConvImpl, check_conv_impl
+from intrakd_jax.models.erfnet import _check_rates
 from intrakd_jax.models.layers import batch_norm
 from intrakd_jax.models.resnet import KAIMING_FAN_OUT, DilatedResNet, resnet_feature_channels
 
@@ -104,13 +105,121 @@ class PyramidPoolingModule(nn.Module):
         return jnp.concatenate(outs, axis=-1)
 
 
+# Backbone stages every dilated-ResNet segmentation model returns as taps.
+RESNET_STAGE_TAPS = ("layer1", "layer2", "layer3", "layer4")
+
+
+def check_backbone_head_fields(module: Any) -> None:
+    """Validates the fields a dilated-ResNet segmentation model shares with PSPNet.
+
+    Args:
+      module: A model with ``conv_impl``, ``num_classes``, ``head_channels``, ``base_width``,
+        ``depth`` and ``dropout_rate`` fields (PSPNet, ResNetStudent).
+
+    Raises:
+      ValueError: Naming ``<Class>.<field>`` and what it must be.
+    """
+    cls = type(module).__name__
+    check_conv_impl(f"{cls}.conv_impl", module.conv_impl)
+    for field in ("num_classes", "head_channels", "base_width"):
+        value = getattr(module, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{cls}.{field} must be a positive int, got {value!r}")
+    try:
+        resnet_feature_channels(module.depth)
+    except ValueError as err:
+        raise ValueError(f"{cls}.depth: {err}") from None
+    _check_rates(module, ("dropout_rate",))
+
+
+def backbone_features(module: Any, x: jnp.ndarray, train: bool) -> dict[str, jnp.ndarray]:
+    """Runs the ``DilatedResNet`` that ``module``'s fields describe, as its child "backbone".
+
+    Call it inside the module's compact method.
+
+    Args:
+      module: A model with PSPNet's backbone fields (depth, base_width, deep_stem, dtype, bn_*,
+        conv_impl).
+      x: Images (B, H, W, C).
+      train: Batch statistics when True, running statistics otherwise.
+
+    Returns:
+      The backbone's feature dict (``DilatedResNet``).
+
+    Raises:
+      ValueError: If ``x`` is not 4-D (the message names the module's class).
+    """
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(
+            f"{type(module).__name__}: expected images of shape (B, H, W, C), got "
+            f"{getattr(x, 'shape', x)}"
+        )
+    return DilatedResNet(
+        depth=module.depth,
+        base_width=module.base_width,
+        deep_stem=module.deep_stem,
+        dtype=module.dtype,
+        bn_axis_name=module.bn_axis_name,
+        bn_momentum=module.bn_momentum,
+        bn_epsilon=module.bn_epsilon,
+        conv_impl=module.conv_impl,
+        name="backbone",
+    )(x, train)
+
+
+def segmentation_head(
+    module: Any, feat_bhwc: jnp.ndarray, train: bool, out_hw: tuple[int, int]
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """3x3 conv (no bias) -> BN -> ReLU -> channel dropout -> 1x1 classifier -> bilinear resize.
+
+    Call it inside ``module``'s compact method: the layers ``head_conv``, ``head_bn`` and
+    ``classifier`` become children of the module (so PyTorch-style names stay flat).
+
+    Args:
+      module: A model with ``head_channels``, ``num_classes``, ``dropout_rate``, ``dtype``,
+        ``conv_impl`` and the ``bn_*`` fields.
+      feat_bhwc: Features (B, h, w, C).
+      train: Batch statistics and dropout when True.
+      out_hw: Size the logits are resized to (the input size).
+
+    Returns:
+      ``(logits_bhwk float32 at out_hw, head_bhwc)``, the latter after the ReLU, before dropout.
+    """
+    y = Conv(
+        module.head_channels,
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        use_bias=False,
+        dtype=module.dtype,
+        kernel_init=KAIMING_FAN_OUT,
+        impl=module.conv_impl,
+        name="head_conv",
+    )(feat_bhwc)
+    head_bhwc = nn.relu(batch_norm(module, train)(name="head_bn")(y))
+    # PyTorch Dropout2d drops whole channels: share the mask over H and W.
+    y = nn.Dropout(module.dropout_rate, broadcast_dims=(1, 2))(head_bhwc, deterministic=not train)
+    logits = Conv(
+        module.num_classes,
+        (1, 1),
+        padding="SAME",
+        dtype=module.dtype,
+        kernel_init=nn.initializers.lecun_normal(),
+        impl=module.conv_impl,
+        name="classifier",
+    )(y)
+    return _resize_bilinear(logits.astype(jnp.float32), out_hw), head_bhwc
+
+
 class PSPNet(nn.Module):
     """PSPNet on a dilated ResNet (teacher).
 
     Call as ``logits_bhwk, taps = model.apply(variables, images_bhwc, train=False)``. Logits
-    are float32 at the input resolution (any input size); ``taps`` holds ``"layer1"`` (1/4) and
-    ``"psp"`` (1/8, ``head_channels``: head conv + BN + ReLU, before dropout) in the compute
-    dtype.
+    are float32 at the input resolution (any input size); ``taps`` holds, in the compute dtype,
+    the backbone stages ``"layer1"`` (1/4, base_width x expansion channels), ``"layer2"``,
+    ``"layer3"``, ``"layer4"`` (1/8; 2, 4 and 8 x base_width x expansion) and ``"psp"`` (1/8,
+    ``head_channels``: head conv + BN + ReLU after the pyramid pooling, before dropout).
+    ``tap_levels``: "high" is "psp", "mid" is "layer1"; ``sad_taps`` are layer2-4, as for the
+    ResNet students.
 
     Attributes:
       num_classes: Number of output classes.
@@ -141,13 +250,11 @@ class PSPNet(nn.Module):
     dropout_rate: float = 0.1
     conv_impl: ConvImpl = "fast"
 
+    tap_levels: ClassVar[dict[str, str]] = {"high": "psp", "mid": "layer1"}
+    sad_taps: ClassVar[tuple[str, ...]] = ("layer2", "layer3", "layer4")
+
     def __post_init__(self) -> None:
-        check_conv_impl("PSPNet.conv_impl", self.conv_impl)
-        for field in ("num_classes", "head_channels", "base_width"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PSPNet.{field} must be a positive int, got {value!r}")
-        resnet_feature_channels(self.depth)  # validates depth
+        check_backbone_head_fields(self)
         bins = tuple(self.bins)
         if not bins or not all(isinstance(b, int) and not isinstance(b, bool) for b in bins):
             raise ValueError(f"PSPNet.bins must be a non-empty tuple of ints, got {self.bins!r}")
@@ -158,8 +265,6 @@ class PSPNet(nn.Module):
                 f"PSPNet: {len(bins)} bins need at least as many backbone channels, got "
                 f"{resnet_feature_channels(self.depth, self.base_width)}"
             )
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"PSPNet.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
         super().__post_init__()
 
     @nn.compact
@@ -175,48 +280,16 @@ class PSPNet(nn.Module):
         Returns:
           ``(logits_bhwk float32, taps)``.
         """
-        if getattr(x, "ndim", None) != 4:
-            raise ValueError(
-                f"PSPNet: expected images of shape (B, H, W, C), got {getattr(x, 'shape', x)}"
-            )
-        feats = DilatedResNet(
-            depth=self.depth,
-            base_width=self.base_width,
-            deep_stem=self.deep_stem,
-            dtype=self.dtype,
-            bn_axis_name=self.bn_axis_name,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
-            conv_impl=self.conv_impl,
-            name="backbone",
-        )(x, train)
-        norm = batch_norm(self, train)
+        feats = backbone_features(self, x, train)
         feat_bhwc = feats["layer4"]
         bins = tuple(self.bins)
         y = PyramidPoolingModule(
-            bins, feat_bhwc.shape[-1] // len(bins), norm, self.dtype, self.conv_impl, name="ppm"
+            bins,
+            feat_bhwc.shape[-1] // len(bins),
+            batch_norm(self, train),
+            self.dtype,
+            self.conv_impl,
+            name="ppm",
         )(feat_bhwc)
-        y = Conv(
-            self.head_channels,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
-            use_bias=False,
-            dtype=self.dtype,
-            kernel_init=KAIMING_FAN_OUT,
-            impl=self.conv_impl,
-            name="head_conv",
-        )(y)
-        psp_bhwc = nn.relu(norm(name="head_bn")(y))
-        # PyTorch Dropout2d drops whole channels: share the mask over H and W.
-        y = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2))(psp_bhwc, deterministic=not train)
-        logits = Conv(
-            self.num_classes,
-            (1, 1),
-            padding="SAME",
-            dtype=self.dtype,
-            kernel_init=nn.initializers.lecun_normal(),
-            impl=self.conv_impl,
-            name="classifier",
-        )(y)
-        logits_bhwk = _resize_bilinear(logits.astype(jnp.float32), x.shape[1:3])
-        return logits_bhwk, {"layer1": feats["layer1"], "psp": psp_bhwc}
+        logits_bhwk, psp_bhwc = segmentation_head(self, y, train, x.shape[1:3])
+        return logits_bhwk, {**{k: feats[k] for k in RESNET_STAGE_TAPS}, "psp": psp_bhwc}

@@ -1,0 +1,187 @@
+"""Building what a run needs from its config: models, their abstract variables, the teacher, data.
+
+Shared by the training stages (``intrakd_jax.stage``), the batch evaluation job and the
+benchmarks, so a model named in a config is built, checked and loaded one way everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+import data_pipelines
+from intrakd_jax import checkpointing, models, parallel
+from intrakd_jax.errors import ConfigError
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+    """The models' compute dtype named by ``config.dtype``.
+
+    Raises:
+      ConfigError: an unknown dtype name.
+    """
+    if config.dtype not in _DTYPES:
+        raise ConfigError(f"config.dtype={config.dtype!r}; expected one of {sorted(_DTYPES)}")
+    return _DTYPES[config.dtype]
+
+
+def build_model(
+    name: str,
+    model_kwargs: Mapping[str, Any],
+    num_classes: int,
+    dtype: Any,
+    train: bool,
+    field: str = "model",
+):
+    """Builds a registry model; ``train`` selects BatchNorm synced over the data axis.
+
+    Raises:
+      ConfigError: unknown model or arguments; the message names the config ``field``.
+    """
+    try:
+        return models.get_model(
+            name,
+            num_classes=num_classes,
+            dtype=dtype,
+            bn_axis_name=parallel.DATA_AXIS if train else None,
+            **{k: _tuplify(v) for k, v in dict(model_kwargs).items()},
+        )
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{field}={name!r} with {dict(model_kwargs)}: {e}") from None
+
+
+def _tuplify(value: Any) -> Any:
+    """JSON metadata and CLI overrides give lists where module fields expect tuples."""
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def jsonish(x: Any) -> Any:
+    """Normalises tuples to lists (a JSON round trip), for comparing model arguments."""
+    return json.loads(json.dumps(x))
+
+
+def abstract_variables(model, image_hw, mesh=None) -> dict:
+    """``jax.ShapeDtypeStruct``s of a model's ``params`` and ``batch_stats``, nothing computed.
+
+    Args:
+      model: a registry model.
+      image_hw: the input size the variables are built for.
+      mesh: when given, every leaf carries the replicated sharding over it (for restoring).
+    """
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_hw, 3)), train=False)
+    )
+    sharding = parallel.replicated(mesh) if mesh is not None else None
+    return {
+        k: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), v)
+        for k, v in shapes.items()
+        if k in ("params", "batch_stats")
+    }
+
+
+def model_kwargs(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The arguments of ``model_config.model`` (``config.teacher`` or ``config.student``).
+
+    ``model_kwargs`` is either the model's arguments (the teacher) or one section of arguments
+    per model name (the student: ``model_kwargs.<model>``).
+
+    Raises:
+      ConfigError: sections per model, but none for the chosen one.
+    """
+    kwargs = dict(model_config.model_kwargs)
+    sections = {
+        k: v for k, v in kwargs.items() if isinstance(v, Mapping | ml_collections.ConfigDict)
+    }
+    if not sections:
+        return kwargs
+    if model_config.model not in sections:
+        raise ConfigError(
+            f"model={model_config.model!r} has no section in model_kwargs (sections: "
+            f"{sorted(sections)}); the registry's models are {models.list_models()}"
+        )
+    return dict(sections[model_config.model])
+
+
+def check_checkpoint_model(meta: Mapping[str, Any], model_config, what: str, fix: str) -> None:
+    """Fails when a checkpoint holds another architecture than ``model_config`` asks for.
+
+    Args:
+      meta: the checkpoint's metadata (``model``, ``model_kwargs``).
+      model_config: ``config.teacher`` or ``config.student``.
+      what: names the checkpoint in the message.
+      fix: what the user can do about it.
+
+    Raises:
+      checkpointing.CheckpointError: model name or arguments differ.
+    """
+    want_kwargs = jsonish(model_kwargs(model_config))
+    if meta.get("model") != model_config.model or jsonish(meta.get("model_kwargs")) != want_kwargs:
+        raise checkpointing.CheckpointError(
+            f"{what} holds {meta.get('model')} {meta.get('model_kwargs')}, but the config asks "
+            f"for {model_config.model} {want_kwargs}; {fix}"
+        )
+
+
+def build_teacher(config: ml_collections.ConfigDict, num_classes: int, dtype: Any):
+    """The teacher model of ``config.teacher`` for inference (frozen: running BN statistics)."""
+    return build_model(
+        config.teacher.model,
+        model_kwargs(config.teacher),
+        num_classes,
+        dtype,
+        False,
+        "config.teacher.model",
+    )
+
+
+def load_teacher(config: ml_collections.ConfigDict, default_path: str, teacher, image_hw, mesh):
+    """The frozen teacher's variables from ``config.teacher.checkpoint``, replicated on ``mesh``.
+
+    Args:
+      config: the run's config.
+      default_path: where the teacher is when ``config.teacher.checkpoint`` is unset.
+      teacher: the teacher model (``build_teacher``).
+      image_hw: the input size.
+      mesh: the data mesh the variables are replicated over.
+
+    Raises:
+      checkpointing.CheckpointError: no checkpoint there, or one of another architecture.
+    """
+    path = config.teacher.checkpoint or default_path
+    what = "teacher checkpoint (config.teacher.checkpoint)"
+    try:
+        _, _, meta = checkpointing.read_meta(path)
+    except checkpointing.CheckpointError as e:
+        raise checkpointing.CheckpointError(
+            f"{e}\nThe distill stage needs a trained teacher: run --config.mode=teacher with the "
+            f"same --workdir first, or set config.teacher.checkpoint."
+        ) from None
+    check_checkpoint_model(
+        meta, config.teacher, f"{what} at {path}", "set config.teacher to match it"
+    )
+    variables, _ = checkpointing.load_variables(
+        path, abstract_variables(teacher, image_hw, mesh), what
+    )
+    return variables
+
+
+def tap_names(model, image_hw) -> list[str]:
+    """The names of a model's feature taps, sorted (nothing computed)."""
+    (_, taps), _ = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, *image_hw, 3)))
+    )
+    return sorted(taps)
+
+
+def prepared_dataset(data_config: ml_collections.ConfigDict):
+    """The dataset named by ``config.data``, prepared (synthetic twin written, labels cached)."""
+    dataset = data_pipelines.get_dataset(data_config)
+    dataset.prepare()
+    return dataset
