@@ -210,7 +210,16 @@ def _vs_torch_torch(size: str, batch_size: int):
     hw, class_weights = VS_TORCH_SIZES[size]
     n = len(class_weights)
     base = get_config_defaults()
-    jax_only = ("deep_stem", "conv_impl", "remat")  # JAX model options with no torch twin
+    # JAX model options with no torch twin (scale_series, align_corners: the released
+    # IntRA-KD head, off by default; torch_reference.PSPNet is the bins head).
+    jax_only = (
+        "deep_stem",
+        "conv_impl",
+        "remat",
+        "reverse_input_channels",
+        "scale_series",
+        "align_corners",
+    )
     s_kw = {k: v for k, v in building.model_kwargs(base.student).items() if k not in jax_only}
     t_kw = {k: v for k, v in dict(base.teacher.model_kwargs).items() if k not in jax_only}
     if base.teacher.model_kwargs.deep_stem:

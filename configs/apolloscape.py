@@ -20,6 +20,16 @@ Variants (the text after ':'):
              distilled student -> comparison on a 2-core CPU, at 96 x 288 (the 1:3 recipe
              aspect).
   smoke      a tiny version of the synthetic run for tests.
+
+The real-data teacher is the released IntRA-KD PSPNet (scale-series pyramid (10, 20, 30, 60),
+PyTorch-0.3 bilinear resizes), so the authors' checkpoints fit it: evaluate
+pspnet_46_6.pth.tar / erfnet_trained.pth.tar with --config.mode=evaluate
+--config.checkpoint=<file> --config.checkpoint_arch=intrakd_pspnet|intrakd_erfnet
+--config.eval.tta=official, or distil from the teacher file with --config.mode=distill
+--config.teacher.checkpoint=pspnet_46_6.pth.tar --config.teacher.checkpoint_arch=intrakd_pspnet.
+Pretrained starts as in the recipe: --config.teacher.init_from="('torchvision_resnet101',
+'resnet101-5d3b4d8f.pth')" and --config.student.init_from="('erfnet_imagenet_encoder',
+'erfnet_encoder_pretrained.pth.tar')" (README, "Pretrained and released weights").
 """
 
 import ml_collections
@@ -68,7 +78,8 @@ def _data_config() -> ml_collections.ConfigDict:
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # IntRA-KD: 24 epochs at batch 8 over ~103.7k training frames (~311k steps).
     c = default.dataset_config(_data_config(), num_train_steps=311_000)
-    c.teacher.model_kwargs.bins = (10, 20, 30, 60)  # PSPNet pooling at ApolloScape size
+    # The released teacher's pyramid: scales (10, 20, 30, 60) of the 1/8 map instead of bins.
+    c.teacher.model_kwargs.update(scale_series=(10, 20, 30, 60), align_corners=True)
     return default.apply_variant(c, variant, _synthetic, _smoke)
 
 
@@ -77,10 +88,12 @@ def _synthetic(c: ml_collections.ConfigDict) -> None:
     c.data.crop_top = 340  # 1700 * 0.2: the 202 x 677 crop, scaled by 0.5 to 101 x 338
     c.data.image_hw = (96, 288)
     c.data.teacher_image_hw = (96, 288)
-    c.teacher.model_kwargs.bins = (1, 2, 3, 6)  # the default; (10, 20, 30, 60) is for full size
+    # The default pyramid; the scale series (10, 20, 30, 60) is for the full-size images.
+    c.teacher.model_kwargs.update(scale_series=(), align_corners=False)
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:
+    c.teacher.model_kwargs.update(scale_series=(), align_corners=False)
     c.data.synthetic.update(num_train=8, num_valid=4, num_test=2, scale=0.05)
     c.data.crop_top = 85  # 1700 * 0.05: the 51 x 169 crop
     c.data.image_hw = (32, 96)

@@ -18,6 +18,10 @@ Variants (the text after ':'):
              data/synthetic/culane if absent, and runs teacher -> baseline student -> distilled
              student -> comparison on a 2-core CPU.
   smoke      a tiny version of the synthetic run for tests (164x59 frames).
+
+Pretrained starts as in the recipe (ImageNet files, README "Pretrained and released weights"):
+  --config.teacher.init_from="('torchvision_resnet101', 'resnet101-5d3b4d8f.pth')"
+  --config.student.init_from="('erfnet_imagenet_encoder', 'erfnet_encoder_pretrained.pth.tar')"
 """
 
 import ml_collections

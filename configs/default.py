@@ -43,6 +43,10 @@ def get_base_config() -> ml_collections.ConfigDict:
             "head_channels": 512,
             "dropout_rate": 0.1,
             "conv_impl": "fast",  # fast: CPU-tuned conv gradients (CPU only) | xla
+            # (10, 20, 30, 60) with align_corners: the released IntRA-KD teacher's pyramid
+            # (replaces the bins) and PyTorch-0.3 bilinear resizes (configs/apolloscape.py).
+            "scale_series": (),
+            "align_corners": False,
         }
     )
     c.teacher.num_train_steps = 10_000
@@ -51,6 +55,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Checkpoint for the distill stage: a stage dir, a manager dir or a step dir. None = the
     # teacher stage of this workdir (<workdir>/teacher).
     c.teacher.checkpoint = config_dict.placeholder(str)
+    # A PyTorch/safetensors teacher.checkpoint (e.g. the released pspnet_46_6.pth.tar) needs its
+    # arch (intrakd_pspnet, intrakd_erfnet; see intrakd_jax/weights/archs.py); the teacher is
+    # then that arch's model and config.teacher.model/model_kwargs are not used.
+    c.teacher.checkpoint_arch = config_dict.placeholder(str)
+    # Pretrained start: (arch, path) of a PyTorch/safetensors file whose arrays overwrite the
+    # fresh initialisation; the rest (e.g. a head for another class count) stays random and the
+    # stage logs what was imported. The official recipe starts the teacher from ImageNet:
+    # ("torchvision_resnet101", "resnet101-5d3b4d8f.pth") from download.pytorch.org/models.
+    c.teacher.init_from = config_dict.placeholder(tuple)
 
     # The student: erfnet (the official recipe), enet, resnet18 or resnet34. model_kwargs has one
     # section of arguments per student; the section of config.student.model is used, e.g.
@@ -67,6 +80,8 @@ def get_base_config() -> ml_collections.ConfigDict:
                 "stage2_dropout": 0.3,
                 "conv_impl": "fast",
                 "remat": False,  # recompute block activations in the backward pass (less memory)
+                # True for weights trained on BGR images (init_from intrakd_erfnet).
+                "reverse_input_channels": False,
             },
             # ENet (Paszke et al. 2016) with ENet-SAD's fourth encoder stage.
             "enet": {
@@ -91,8 +106,12 @@ def get_base_config() -> ml_collections.ConfigDict:
         }
     )
     c.student.num_train_steps = 10_000
-    c.student.learning_rate = 0.01
+    c.student.learning_rate = 0.01  # official; assumes a pretrained start (init_from)
     c.student.head_lr_mult = 1.0
+    # Pretrained start, as for the teacher: ("erfnet_imagenet_encoder",
+    # "erfnet_encoder_pretrained.pth.tar") of Eromera/erfnet_pytorch (trained_models/) for ERFNet;
+    # ("torchvision_resnet18", "resnet18-5c106cde.pth") for the ResNet-18 student.
+    c.student.init_from = config_dict.placeholder(tuple)
 
     # Shared optimiser settings: SGD with momentum, weight decay, poly LR (power 0.9).
     c.optim = ml_collections.ConfigDict()
@@ -121,6 +140,10 @@ def get_base_config() -> ml_collections.ConfigDict:
             "moment_weights": (1.0, 1.0, 1.0),  # mean, variance, skewness graphs
             "normalizer": "soft_mass",  # soft_mass | count | area
             "skew_denominator": "std_cubed",  # std_cubed | var
+            # Guards (0 = off, the paper): classes below this soft mass (pixels at the tap) count
+            # as absent; relative variance floor inside the skewness (see losses/intra_kd.py).
+            "min_mass": 0.0,
+            "skew_floor": 0.0,
         }
     )
     # Hinton KD on the logits, over labelled pixels. No release fixes T and the weight for
@@ -159,15 +182,17 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval.write_predictions = True  # official submission files (probability PNGs, .lines.txt, ids)
     c.eval.num_overlays = 16  # overlay images written per checkpoint; -1 = every image
     c.eval.tta = "none"  # none | official (ApolloScape multi-scale + corner crops)
-    c.eval.tta_test_size = (
-        1440  # official crop width at the official scale (ERFNet 1440, PSPNet 1410)
-    )
+    # Official crop width at the official scale; None = the model's (PSPNet 1410, others 1440).
+    c.eval.tta_test_size = config_dict.placeholder(int)
     c.eval.exist_min_fraction = 0.0005  # a lane slot exists when this share of pixels predicts it
     c.eval.include_void = True  # ApolloScape official mIoU averages void too (public script)
     c.eval.workers = config_dict.placeholder(int)  # lane-metric processes; None = all cores
     # mode=evaluate: what to evaluate: a stage dir, its best/ or checkpoints/, or a step folder;
     # several separated by commas.
     c.checkpoint = config_dict.placeholder(str)
+    # The arch of PyTorch/safetensors files in config.checkpoint (e.g. pspnet_46_6.pth.tar:
+    # intrakd_pspnet; erfnet_trained.pth.tar: intrakd_erfnet).
+    c.checkpoint_arch = config_dict.placeholder(str)
 
     return c
 

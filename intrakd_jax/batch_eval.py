@@ -3,10 +3,11 @@
 ``python main.py --config=configs/<dataset>.py --config.mode=evaluate
 --config.checkpoint=runs/demo/distill[,runs/demo/student,...] [--config.eval.split=test]``
 
-For every checkpoint (a stage directory, its ``best/`` or ``checkpoints/`` manager, or one step
-folder; several separated by commas) the job runs the model over the whole split on all
-devices (batch size ``config.eval_batch_size``, the last partial batch padded and masked),
-writes into ``<workdir>/evaluate/<run>/<split>/``:
+For every checkpoint (a stage directory, its ``best/`` or ``checkpoints/`` manager, one step
+folder, or a PyTorch/safetensors file such as the released ``pspnet_46_6.pth.tar`` with
+``--config.checkpoint_arch``; several separated by commas) the job runs the model over the whole
+split on all devices (batch size ``config.eval_batch_size``, the last partial batch padded and
+masked), writes into ``<workdir>/evaluate/<run>/<split>/``:
 
   report.json, report.md   mIoU at network resolution + the benchmark's official metrics
   overlays/                prediction coloured over the input, ground truth beside it
@@ -26,8 +27,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from intrakd_jax import checkpointing, inference
+from intrakd_jax import checkpointing, inference, models, weights
 from intrakd_jax.evaluation import protocols, report, visualize
+from intrakd_jax.evaluation import tta as tta_lib
 
 EVAL_DIR = "evaluate"
 
@@ -55,6 +57,7 @@ def run_name(path: str, step: int) -> str:
         parts[-1].isdigit() or parts[-1] in (checkpointing.BEST_DIR, checkpointing.LATEST_DIR)
     ):
         parts.pop()
+    parts[-1] = weights.checkpoint_stem(parts[-1])  # pspnet_46_6.pth.tar -> pspnet_46_6
     stage = re.sub(r"[^A-Za-z0-9_.-]+", "_", parts[-1]) or "checkpoint"
     return f"{stage}_step{step}"
 
@@ -65,6 +68,17 @@ def _overlay_row(image_hwc, label_hw, pred_hw, data_config, num_classes: int) ->
         [[visualize.overlay(img, pred_hw, num_classes), visualize.colorize(label_hw, num_classes)]],
         ["prediction", "ground truth"],
     )
+
+
+def official_tta_geometry(model) -> tuple[int, int]:
+    """(official test size, crop multiple) of a model for the ApolloScape test-time augmentation.
+
+    PSPNet: the released PSPNet script's 1410 (crops 470 x 1410), any input size; the other
+    models: the ERFNet script's 1440 (480 x 1440), crops divisible by the output stride 8.
+    """
+    if isinstance(model, models.PSPNet):
+        return tta_lib.PSPNET_TEST_SIZE, 1
+    return tta_lib.ERFNET_TEST_SIZE, 1 if isinstance(model, models.ResNetStudent) else 8
 
 
 def _examples(dataset, split: str) -> list:
@@ -90,6 +104,7 @@ def evaluate_one(
     info = dataset.info
     examples = _examples(dataset, split)
     ecfg = config.eval
+    test_size, multiple = official_tta_geometry(model)
     ctx = protocols.ProtocolContext(
         split=split,
         out_dir=out_dir,
@@ -103,7 +118,8 @@ def evaluate_one(
         write_predictions=bool(ecfg.get("write_predictions", True)),
         exist_min_fraction=float(ecfg.get("exist_min_fraction", 0.0005)),
         tta=ecfg.get("tta", "none") or "none",
-        tta_test_size=int(ecfg.get("tta_test_size", 1440)),
+        tta_test_size=int(ecfg.get("tta_test_size") or test_size),
+        tta_multiple=multiple,
         include_void=bool(ecfg.get("include_void", True)),
         workers=ecfg.get("workers"),
     )

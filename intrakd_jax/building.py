@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 import data_pipelines
-from intrakd_jax import checkpointing, models, parallel
+from intrakd_jax import checkpointing, models, parallel, weights
 from intrakd_jax.errors import ConfigError
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -122,15 +122,83 @@ def check_checkpoint_model(meta: Mapping[str, Any], model_config, what: str, fix
       checkpointing.CheckpointError: model name or arguments differ.
     """
     want_kwargs = jsonish(model_kwargs(model_config))
-    if meta.get("model") != model_config.model or jsonish(meta.get("model_kwargs")) != want_kwargs:
+    have_kwargs = jsonish(meta.get("model_kwargs"))
+    if meta.get("model") == model_config.model and isinstance(have_kwargs, dict):
+        # A checkpoint written before a model option existed was built with its default.
+        defaults = models.model_defaults(model_config.model)
+        for a, b in ((have_kwargs, want_kwargs), (want_kwargs, have_kwargs)):
+            a.update({k: jsonish(defaults[k]) for k in set(b) - set(a) if k in defaults})
+    if meta.get("model") != model_config.model or have_kwargs != want_kwargs:
         raise checkpointing.CheckpointError(
             f"{what} holds {meta.get('model')} {meta.get('model_kwargs')}, but the config asks "
             f"for {model_config.model} {want_kwargs}; {fix}"
         )
 
 
+def _checkpoint_arch(arch: str | None, path: str, field: str) -> str:
+    """The arch of a PyTorch/safetensors file given in a config; ConfigError when unset."""
+    if not arch:
+        raise ConfigError(
+            f"{path} is a PyTorch/safetensors file: set {field} to its arch, one of "
+            f"{', '.join(weights.ARCHS)} (e.g. intrakd_pspnet for pspnet_46_6.pth.tar)"
+        )
+    spec = weights.get_arch(arch)
+    if not spec.has_classifier:
+        raise ConfigError(
+            f"{field}={arch!r} holds a backbone only (no classifier), so it cannot be evaluated "
+            "or distilled from; start a training stage from it with config.<teacher|student>"
+            ".init_from instead"
+        )
+    return arch
+
+
+def import_for_inference(path: str, arch: str, num_classes: int, dtype: Any, mesh):
+    """A released PyTorch/safetensors model, its variables replicated on ``mesh``, and metadata.
+
+    The model reads the project's RGB input. Returns ``(model, variables, meta)`` with the
+    checkpoint's plain values (``epoch``, ``arch``, ``best_mIoU``) as metadata.
+    """
+    ckpt = weights.read_checkpoint(path)
+    model, variables = weights.import_checkpoint(ckpt, arch, num_classes=num_classes, dtype=dtype)
+    return model, parallel.replicate(variables, mesh), ckpt.meta
+
+
+def load_eval_checkpoint(config: ml_collections.ConfigDict, path: str, info, mesh):
+    """The model and variables of one ``config.checkpoint`` entry for the evaluation job.
+
+    A stage checkpoint (orbax) names its model in its metadata; a PyTorch/safetensors file
+    (e.g. the released ``pspnet_46_6.pth.tar``) is imported as ``config.checkpoint_arch``.
+
+    Returns:
+      ``(model, variables, step, meta)``; ``meta["model"]`` names the model.
+    """
+    dtype = compute_dtype(config)
+    if weights.is_torch_checkpoint(path):
+        arch = _checkpoint_arch(config.get("checkpoint_arch"), path, "config.checkpoint_arch")
+        model, variables, file_meta = import_for_inference(
+            path, arch, info.num_classes, dtype, mesh
+        )
+        step = file_meta.get("epoch", 0)
+        meta = {"model": arch, "source_meta": file_meta}
+        return model, variables, step if isinstance(step, int) else 0, meta
+    _, step, meta = checkpointing.read_meta(path)
+    model = build_model(meta["model"], meta.get("model_kwargs", {}), info.num_classes, dtype, False)
+    abstract = abstract_variables(model, info.image_hw, mesh)
+    variables, _ = checkpointing.load_variables(path, abstract, "config.checkpoint")
+    return model, variables, step, meta
+
+
 def build_teacher(config: ml_collections.ConfigDict, num_classes: int, dtype: Any):
-    """The teacher model of ``config.teacher`` for inference (frozen: running BN statistics)."""
+    """The teacher model of ``config.teacher`` for inference (frozen: running BN statistics).
+
+    A PyTorch/safetensors ``config.teacher.checkpoint`` gives the model of its arch
+    (``config.teacher.checkpoint_arch``) instead of ``config.teacher.model``.
+    """
+    path = config.teacher.checkpoint
+    if weights.is_torch_checkpoint(path):
+        field = "config.teacher.checkpoint_arch"
+        arch = _checkpoint_arch(config.teacher.get("checkpoint_arch"), path, field)
+        return weights.arch_model(arch, num_classes, dtype=dtype)
     return build_model(
         config.teacher.model,
         model_kwargs(config.teacher),
@@ -156,6 +224,11 @@ def load_teacher(config: ml_collections.ConfigDict, default_path: str, teacher, 
     """
     path = config.teacher.checkpoint or default_path
     what = "teacher checkpoint (config.teacher.checkpoint)"
+    if weights.is_torch_checkpoint(path):
+        field = "config.teacher.checkpoint_arch"
+        arch = _checkpoint_arch(config.teacher.get("checkpoint_arch"), path, field)
+        _, variables, _ = import_for_inference(path, arch, teacher.num_classes, teacher.dtype, mesh)
+        return variables
     try:
         _, _, meta = checkpointing.read_meta(path)
     except checkpointing.CheckpointError as e:

@@ -3,7 +3,8 @@
 ``train_stage`` reads as its four steps:
 
   set_up   models, optimiser, the frozen teacher and the distillation terms, from the config
-  resume   restore the newest checkpoint (or initialise); a finished stage stops here
+  resume   restore the newest checkpoint (or initialise, from a pretrained file when
+           ``init_from`` says so); a finished stage stops here
   loop     the jitted shard_map step over the deterministic batch stream, with logging,
            checkpoints and periodic validation
   finish   final validation, best checkpoint, report and example predictions
@@ -31,7 +32,16 @@ from clu import metric_writers, periodic_actions
 
 import data_pipelines
 from data_pipelines.util import format_seconds
-from intrakd_jax import building, checkpointing, inference, models, optim, parallel, steps
+from intrakd_jax import (
+    building,
+    checkpointing,
+    inference,
+    models,
+    optim,
+    parallel,
+    steps,
+    weights,
+)
 from intrakd_jax.errors import ConfigError
 from intrakd_jax.evaluation import report, visualize
 from intrakd_jax.losses import terms
@@ -177,8 +187,11 @@ def resume(s: StageSetup) -> tuple[steps.TrainState, checkpointing.StageCheckpoi
     )
     restored = ckpts.restore_latest(abstract_state)
     if restored is None:
+        state = steps.run_once(init, key, out_shardings=rep)
+        if _model_config(s.config, s.stage).get("init_from"):
+            return init_from_checkpoint(s, state), ckpts
         logging.info("[%s] starting from scratch (%d steps)", s.stage, s.num_steps)
-        return steps.run_once(init, key, out_shardings=rep), ckpts
+        return state, ckpts
     state, meta = restored
     building.check_checkpoint_model(
         meta,
@@ -188,6 +201,41 @@ def resume(s: StageSetup) -> tuple[steps.TrainState, checkpointing.StageCheckpoi
     )
     logging.info("[%s] resumed from step %d of %d", s.stage, int(state.step), s.num_steps)
     return state, ckpts
+
+
+def init_from_checkpoint(s: StageSetup, state: steps.TrainState) -> steps.TrainState:
+    """A fresh state whose arrays named in ``config.<role>.init_from`` come from that file.
+
+    ``init_from`` is ``(arch, path)`` of a PyTorch/safetensors checkpoint (``weights.ARCHS``).
+    Arrays the checkpoint does not hold, and a classifier of another class count, keep their
+    initialisation; the log says how many arrays were imported and which stayed random. The
+    optimiser state stays as initialised (SGD momentum starts at zero either way).
+
+    Raises:
+      ConfigError: ``init_from`` is not an (arch, path) pair.
+      weights.WeightsError: the file is unreadable or does not fit the model.
+    """
+    role = "teacher" if s.stage == "teacher" else "student"
+    value = _model_config(s.config, s.stage).init_from
+    if not (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and all(isinstance(v, str) for v in value)
+    ):
+        raise ConfigError(
+            f"config.{role}.init_from={value!r}; expected (arch, path), e.g. "
+            "\"('torchvision_resnet101', 'resnet101-5d3b4d8f.pth')\""
+        )
+    arch, path = value
+    variables, report = weights.load_into(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        weights.read_checkpoint(path),
+        arch,
+        s.eval_model,
+        new_head_ok=True,
+    )
+    logging.info("[%s] initialised from a pretrained checkpoint: %s", s.stage, report.summary())
+    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
 def _report_path(s: StageSetup) -> str:

@@ -7,6 +7,7 @@ call it. ``config.mode`` picks what runs:
   student   train the student alone: the baseline              -> <workdir>/student/
   distill   student + frozen teacher: CE + lambda * IntRA-KD   -> <workdir>/distill/
   evaluate  evaluate config.checkpoint on config.eval.split    -> <workdir>/evaluate/
+            (stage checkpoints, or PyTorch/safetensors files with config.checkpoint_arch)
   pipeline  teacher, student, distill, then a comparison table -> <workdir>/comparison.{md,json}
   check_data  check every file of the dataset; exit 1 if any problem -> <workdir>/data_check.*
 
@@ -76,16 +77,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     mesh = parallel.make_data_mesh(config.num_devices)
     results = {}
     for path in paths:
-        _, step, meta = checkpointing.read_meta(path)
-        model = building.build_model(
-            meta["model"],
-            meta.get("model_kwargs", {}),
-            info.num_classes,
-            building.compute_dtype(config),
-            False,
-        )
-        abstract = building.abstract_variables(model, info.image_hw, mesh)
-        variables, _ = checkpointing.load_variables(path, abstract, "config.checkpoint")
+        model, variables, step, meta = building.load_eval_checkpoint(config, path, info, mesh)
         name = batch_eval.run_name(path, step)
         if name in results:  # the same stage of two workdirs
             name = f"{name}_{len(results)}"

@@ -65,7 +65,15 @@ def np_aoi(labels, n, out_hw, k, ignore=IGNORE):
     return np_bilinear_resize(box, *out_hw)
 
 
-def np_moments(feats, aoi, eps=1e-6, normalizer="soft_mass", skew_denominator="std_cubed"):
+def np_moments(
+    feats,
+    aoi,
+    eps=1e-6,
+    normalizer="soft_mass",
+    skew_denominator="std_cubed",
+    min_mass=0.0,
+    skew_floor=0.0,
+):
     feats = np.asarray(feats, np.float64)
     aoi = np.asarray(aoi, np.float64)
     _, h, w, _ = feats.shape
@@ -79,11 +87,15 @@ def np_moments(feats, aoi, eps=1e-6, normalizer="soft_mass", skew_denominator="s
     mean = np.einsum("bhwn,bhwc->bnc", aoi, feats) / d
     dev = feats[:, :, :, None, :] - mean[:, None, None, :, :]  # (B, h, w, n, c): two-pass form
     var = np.einsum("bhwn,bhwnc->bnc", aoi, dev**2) / d
+    # The floor: the channel's variance over the whole map, per image.
+    floor = skew_floor * feats.var(axis=(1, 2))[:, None, :]  # (B, 1, c)
     if skew_denominator == "std_cubed":
-        skew = np.einsum("bhwn,bhwnc->bnc", aoi, (dev / np.sqrt(var + eps)[:, None, None]) ** 3) / d
+        std = np.sqrt(var + eps + floor)[:, None, None]
+        skew = np.einsum("bhwn,bhwnc->bnc", aoi, (dev / std) ** 3) / d
     else:
-        skew = np.einsum("bhwn,bhwnc->bnc", aoi, dev**3) / d / (var + eps)
-    present = (aoi.sum(axis=(1, 2)) > 0)[..., None]
+        skew = np.einsum("bhwn,bhwnc->bnc", aoi, dev**3) / d / (var + eps + floor)
+    mass = aoi.sum(axis=(1, 2))
+    present = ((mass > 0) & (mass >= min_mass))[..., None]
     return tuple(np.where(present, m, 0.0) for m in (mean, var, skew))
 
 
@@ -218,6 +230,30 @@ def test_moment_pool_matches_numpy(normalizer, skew_denominator):
         assert np.all(np.asarray(g)[:, 1] == 0.0), name
 
 
+@pytest.mark.parametrize("skew_denominator", ["std_cubed", "var"])
+def test_moment_pool_guards_match_numpy(skew_denominator):
+    rng = np.random.default_rng(4)
+    feats = np.maximum(rng.normal(size=(2, 5, 6, 4)), 0.0).astype(np.float32)  # ReLU-like
+    aoi = random_aoi(rng, (2, 5, 6, 3), absent_col=1)
+    # Channel 2 is off except at one pixel (value 10) that lies in class 0's AOI with a tiny
+    # weight: inside class 0 its variance is about eps and its skewness w a^3 / (2 eps)^1.5 ~ 3e3.
+    feats[:, :, :, 2] = 0.0
+    feats[0, 1, 1, 2] = 10.0
+    aoi[0, :, :, 0] = 1.0
+    aoi[0, 1, 1, 0] = 2.9e-7
+    aoi[1, :, :, 2] *= 0.02  # a node of a fraction of a pixel
+    kw = dict(skew_denominator=skew_denominator, min_mass=0.5, skew_floor=0.3)
+    got = moment_pool(jnp.asarray(feats), jnp.asarray(aoi), **kw)
+    want = np_moments(feats, aoi, **kw)
+    for name, g, r in zip(("mean", "var", "skew"), got, want, strict=True):
+        np.testing.assert_allclose(g, r, rtol=2e-4, atol=1e-5, err_msg=name)
+    assert np.all(np.asarray(got[0])[1, 2] == 0.0)  # below min_mass: absent
+    # Without the floor the nearly constant channel's skewness is huge; with it, small.
+    plain = np_moments(feats, aoi, skew_denominator=skew_denominator)[2]
+    if skew_denominator == "std_cubed":
+        assert abs(plain[0, 0, 2]) > 1e3 and abs(want[2][0, 0, 2]) < 1.0
+
+
 def test_moment_pool_large_mean_is_stable():
     # mean 1e3, std 1, plus class-dependent offsets: a raw-moment expansion in float32 would lose
     # about 6 digits in the variance (1e6 - 1e6; measured rel error 0.77 here). Tolerances:
@@ -251,6 +287,29 @@ def test_moment_pool_memory_does_not_scale_with_n_c_h_w():
     temp = jax.jit(moment_pool).lower(feats, aoi).compile().memory_analysis().temp_size_in_bytes
     # (B, h, w, n, c) float32 would be 16 MiB; (B, h, w, 3c) work arrays are well under 4 MiB.
     assert temp < b * h * w * n * c * 4 // 4, temp
+
+
+def test_intra_kd_loss_with_guards_matches_numpy_and_central_differences():
+    labels, student, teacher = make_loss_inputs(seed=21)
+    kw = dict(min_mass=1.5, skew_floor=0.5)
+    got = intra_kd_loss(jnp.asarray(student), jnp.asarray(teacher), jnp.asarray(labels), 4, 5, **kw)
+    np.testing.assert_allclose(got, np_intra_kd(student, teacher, labels, 4, 5, **kw), rtol=1e-4)
+    with jax.enable_x64(True):
+        s64, t64 = jnp.asarray(student, jnp.float64), jnp.asarray(teacher, jnp.float64)
+        y = jnp.asarray(labels)
+
+        def f(x):
+            return intra_kd_loss(x, t64, y, 4, 5, **kw)
+
+        grad = np.asarray(jax.grad(f)(s64))
+        rng = np.random.default_rng(0)
+        for _ in range(6):
+            idx = tuple(rng.integers(0, d) for d in student.shape)
+            h = 1e-6
+            e = np.zeros(student.shape)
+            e[idx] = h
+            numeric = (f(s64 + e) - f(s64 - e)) / (2 * h)
+            np.testing.assert_allclose(grad[idx], numeric, rtol=1e-4, atol=1e-9)
 
 
 def test_moment_pool_rejects_bad_options():

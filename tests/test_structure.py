@@ -10,6 +10,7 @@ import dataclasses
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,9 +23,11 @@ SCRIPTS = ("main.py",)
 # needed on one path only, and the project modules that import them at their top.
 # data_pipelines.tfds_builders imports tensorflow_datasets (seconds to import), needed only with
 # config.data.source = "tfds"; benchmarks.torch_reference imports torch (benchmarks/requirements).
+# intrakd_jax.weights.readers imports torch / safetensors only to read such a checkpoint file.
 FUNCTION_IMPORT_ALLOWLIST = (
     "tensorflow_datasets",
     "torch",
+    "safetensors",
     "data_pipelines.tfds_builders",
     "benchmarks.torch_reference",
 )
@@ -309,3 +312,55 @@ def test_blocked_import_fails_for_a_module_that_needs_jax(tmp_path):
     assert import_blocked(["plain"], cwd=tmp_path).returncode == 0
     result = import_blocked(["plain", "needs_jax"], cwd=tmp_path)
     assert result.returncode != 0 and "jax is blocked" in result.stderr
+
+
+# Distribution of each third-party import name the metric part may use.
+_DISTRIBUTIONS = {
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "cv2": "opencv-python-headless",
+    "PIL": "pillow",
+    "absl": "absl-py",
+}
+METRIC_PACKAGES = ("intrakd_jax.evaluation", "data_pipelines.formats")
+
+
+def _third_party_imports(code: Code, start: list[str]) -> dict[str, set[str]]:
+    """Top-level third-party import names of ``start`` and every project module they import."""
+    graph = code.import_graph()
+    seen, todo = set(), list(start)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph[name])
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    found: dict[str, set[str]] = {}
+    for name in seen:
+        for node in ast.walk(code.tree(name)):
+            if isinstance(node, ast.Import):
+                tops = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                tops = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top not in stdlib and top not in {m.split(".")[0] for m in code.modules}:
+                    found.setdefault(top, set()).add(name)
+    return found
+
+
+def test_the_base_install_covers_the_metric_part():
+    """`pip install .` (no extras) must be enough for the metrics and their command lines."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in project["dependencies"]}
+    code = Code.scan(ROOT)
+    start = [m for m in code.modules if m.startswith(METRIC_PACKAGES)]
+    used = _third_party_imports(code, [m for m in start if "device" not in m])
+    missing = {
+        top: sorted(mods) for top, mods in used.items() if _DISTRIBUTIONS.get(top) not in base
+    }
+    assert not missing, f"third-party imports of the metric part not in pyproject's base: {missing}"
+    for entry in project["scripts"].values():
+        module = entry.split(":")[0]
+        assert module in start, f"console script {entry} is outside the metric part"

@@ -59,6 +59,8 @@ class ProtocolContext:
       exist_min_fraction: lane-existence threshold (fraction of map pixels).
       tta: "none" or "official" (ApolloScape only).
       tta_test_size: official test size (crop width) at the official scale, e.g. 1440.
+      tta_multiple: the crop's height and width are multiples of this (the model's input
+        divisor: 8 for ERFNet, 1 for PSPNet, which keeps the official 470 x 1410 crop).
       include_void: ApolloScape official mIoU includes the void class (public script).
       workers: processes for the lane metrics (None = all cores).
     """
@@ -76,6 +78,7 @@ class ProtocolContext:
     exist_min_fraction: float = 0.0005
     tta: str = "none"
     tta_test_size: int = tta_lib.ERFNET_TEST_SIZE
+    tta_multiple: int = 8
     include_void: bool = True
     workers: int | None = None
 
@@ -355,7 +358,9 @@ class ApolloscapeProtocol(Protocol):
         self.official = apolloscape.OfficialMIoU(include_void=ctx.include_void)
         self.zip = None
         if ctx.tta == "official":
-            self.scales, self.crop = scaled_tta_geometry(ctx.network_hw, ctx.tta_test_size)
+            self.scales, self.crop = scaled_tta_geometry(
+                ctx.network_hw, ctx.tta_test_size, ctx.tta_multiple
+            )
 
     def _tta_trainids(self, image_path: str) -> np.ndarray:
         bgr = cv2.imread(image_path, cv2.IMREAD_COLOR)

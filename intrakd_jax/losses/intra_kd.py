@@ -176,6 +176,9 @@ def moment_pool(
     eps: float = 1e-6,
     normalizer: str = "soft_mass",
     skew_denominator: str = "std_cubed",
+    *,
+    min_mass: float = 0.0,
+    skew_floor: float = 0.0,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """First three moments of the features inside each class's AOI (METHOD.md 2.2).
 
@@ -183,6 +186,15 @@ def moment_pool(
     mean = sum M F / D, var = sum M (F - mean)^2 / D,
     skew = sum M ((F - mean) / s)^3 / D with s^3 = sqrt(var + eps)^3 ("std_cubed") or var + eps
     ("var").
+
+    Two guards the paper does not have (both off by default; README "Which distillation
+    method?" explains why they matter): ``min_mass`` treats a class whose soft mass Z_k is below
+    it as absent (all-zero descriptors): a node of a fraction of a pixel at the tap's resolution
+    has moments of one pixel. ``skew_floor`` adds ``skew_floor * v_c`` to the variance inside the
+    skewness's denominator, with v_c the channel's variance over the whole map (per image): a
+    channel that is nearly constant inside a region (a ReLU channel off
+    there) then has a skewness near 0 instead of a ratio of two vanishing numbers, which reaches
+    1e6 at initialisation and dominates the skewness graph and its gradient.
 
     The sums are formed about a per-(batch, channel) global shift (held under stop_gradient; the
     centred moments do not depend on it), so a large feature mean does not cancel catastrophically.
@@ -194,10 +206,13 @@ def moment_pool(
       eps: Floor of the normaliser and the variance offset inside the skewness.
       normalizer: "soft_mass" (default), "count" or "area".
       skew_denominator: "std_cubed" (default) or "var".
+      min_mass: Classes with soft mass below this (AOI pixels at this resolution) count as
+        absent; 0 keeps every class with any mass.
+      skew_floor: Relative variance floor of the skewness's denominator (dimensionless, >= 0).
 
     Returns:
       (mean, var, skew), each (B, n, c) in the compute dtype (float32 for f32/bf16 inputs).
-      Classes whose AOI column is all zero get exact zeros.
+      Classes whose AOI column is all zero (or below ``min_mass``) get exact zeros.
     """
     if features.ndim != 4 or aoi.ndim != 4:
         raise ValueError(
@@ -217,11 +232,20 @@ def moment_pool(
             f"moment_pool: skew_denominator must be one of {_SKEW_DENOMINATORS}, "
             f"got {skew_denominator!r}"
         )
-    return _moment_pool_jit(features, aoi, float(eps), normalizer, skew_denominator)
+    if not (min_mass >= 0.0 and skew_floor >= 0.0):
+        raise ValueError(
+            f"moment_pool: min_mass and skew_floor must be >= 0, got {min_mass} and {skew_floor}"
+        )
+    return _moment_pool_jit(
+        features, aoi, float(eps), normalizer, skew_denominator, float(min_mass), float(skew_floor)
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("eps", "normalizer", "skew_denominator"))
-def _moment_pool_jit(features, aoi, eps, normalizer, skew_denominator):
+@functools.partial(
+    jax.jit,
+    static_argnames=("eps", "normalizer", "skew_denominator", "min_mass", "skew_floor"),
+)
+def _moment_pool_jit(features, aoi, eps, normalizer, skew_denominator, min_mass, skew_floor):
     dtype = compute_dtype(features.dtype, aoi.dtype)
     feats_bhwc = features.astype(dtype)
     aoi_bhwn = aoi.astype(dtype)
@@ -258,13 +282,19 @@ def _moment_pool_jit(features, aoi, eps, normalizer, skew_denominator):
     central3_bnc = s3_bnc - 3.0 * a * s2_bnc + 3.0 * a * a * s1_bnc - a * a * a * s0_bn1
     # Rounding can leave a tiny negative variance; sqrt below needs >= 0.
     var_bnc = jnp.maximum(central2_bnc / denom_bn1, 0.0)
+    skew_var_bnc = var_bnc + eps
+    if skew_floor:
+        # g is centred per (image, channel), so its mean square is the map's variance (and its
+        # gradient through g is the variance's: the stopped shift's term sums to zero).
+        map_var_b1c = jnp.mean(g_bhwc * g_bhwc, axis=(1, 2))[:, None]
+        skew_var_bnc = skew_var_bnc + skew_floor * map_var_b1c
     if skew_denominator == "std_cubed":
-        skew_scale_bnc = jnp.sqrt(var_bnc + eps) ** 3
+        skew_scale_bnc = jnp.sqrt(skew_var_bnc) ** 3
     else:
-        skew_scale_bnc = var_bnc + eps
+        skew_scale_bnc = skew_var_bnc
     skew_bnc = central3_bnc / denom_bn1 / skew_scale_bnc
 
-    present_bn1 = s0_bn1 > 0
+    present_bn1 = (s0_bn1 > 0) & (s0_bn1 >= min_mass)
     zero = jnp.zeros((), dtype)
     return (
         jnp.where(present_bn1, mean_bnc, zero),
@@ -324,6 +354,8 @@ def intra_kd_loss(
     *,
     normalizer: str = "soft_mass",
     skew_denominator: str = "std_cubed",
+    min_mass: float = 0.0,
+    skew_floor: float = 0.0,
 ) -> jax.Array:
     """IntRA-KD loss for one tap of each network (without the global weight lambda).
 
@@ -341,6 +373,8 @@ def intra_kd_loss(
       ignore_label: Label value of unlabelled pixels.
       normalizer: Passed to ``moment_pool``.
       skew_denominator: Passed to ``moment_pool``.
+      min_mass: Passed to ``moment_pool``.
+      skew_floor: Passed to ``moment_pool``.
 
     Returns:
       Scalar loss (float32, or float64 for float64 inputs under x64).
@@ -364,7 +398,13 @@ def intra_kd_loss(
             aoi_cache[hw] = aoi_maps(labels, num_classes, hw, kernel_size, ignore_label)
         return aoi_cache[hw]
 
-    pool = functools.partial(moment_pool, normalizer=normalizer, skew_denominator=skew_denominator)
+    pool = functools.partial(
+        moment_pool,
+        normalizer=normalizer,
+        skew_denominator=skew_denominator,
+        min_mass=min_mass,
+        skew_floor=skew_floor,
+    )
     student_moments = pool(student_feats, aoi_for(student_feats))
     teacher_moments = pool(teacher_feats, aoi_for(teacher_feats))
     total = jnp.zeros((), compute_dtype(student_feats.dtype))
@@ -393,7 +433,7 @@ def multi_tap_intra_kd_loss(
       num_classes: n (static).
       pairs: Sequence of (student_tap_name, teacher_tap_name, weight).
       **kw: Passed to ``intra_kd_loss`` (kernel_size, moment_weights, ignore_label, normalizer,
-        skew_denominator).
+        skew_denominator, min_mass, skew_floor).
 
     Returns:
       Scalar loss.

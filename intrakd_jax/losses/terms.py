@@ -218,10 +218,14 @@ class IntraKD(_PairTerm):
     moment_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     normalizer: str = "soft_mass"
     skew_denominator: str = "std_cubed"
+    min_mass: float = 0.0
+    skew_floor: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._set("kernel_size", _number(self.name, "kernel_size", self.kernel_size, int, 1))
+        self._set("min_mass", _number(self.name, "min_mass", self.min_mass, float, 0.0))
+        self._set("skew_floor", _number(self.name, "skew_floor", self.skew_floor, float, 0.0))
         alphas = self.moment_weights
         if isinstance(alphas, str) or not isinstance(alphas, Sequence) or len(alphas) != 3:
             raise ConfigError(
@@ -246,6 +250,8 @@ class IntraKD(_PairTerm):
             x.ignore_label,
             normalizer=self.normalizer,
             skew_denominator=self.skew_denominator,
+            min_mass=self.min_mass,
+            skew_floor=self.skew_floor,
         )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "count_params",
     "get_model",
     "list_models",
+    "model_defaults",
 ]
 
 # name -> (module class, attributes fixed by the name)
@@ -92,6 +93,23 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
                 f"fixes {key}={value!r}"
             )
     return cls(**{**kwargs, **fixed})
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The arguments of a registry model that have defaults, with those defaults.
+
+    Raises:
+      ValueError: for an unknown name.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown model name {name!r}; known models: {', '.join(list_models())}")
+    cls, fixed = _REGISTRY[name]
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(cls)
+        if f.init and f.name not in _LINEN_INTERNAL_FIELDS and f.default is not dataclasses.MISSING
+    }
+    return {**defaults, **fixed}
 
 
 def count_params(params: Mapping[str, Any]) -> int:

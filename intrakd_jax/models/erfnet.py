@@ -303,6 +303,10 @@ class ERFNet(nn.Module):
         checkpointing): one more forward pass of the blocks for much less memory at large
         inputs, e.g. the ApolloScape distill step at batch 8 (BENCHMARKS.md). Same parameters
         and results.
+      reverse_input_channels: Reverse the input's channel axis before the first layer, so
+        weights trained on BGR images (the released IntRA-KD ERFNet) read the project's RGB
+        input exactly. Flipping the first conv's kernel is not enough here: the first
+        downsampler also concatenates the max-pooled raw input channels.
     """
 
     num_classes: int
@@ -318,6 +322,7 @@ class ERFNet(nn.Module):
     stage2_dropout: float = 0.3
     conv_impl: ConvImpl = "fast"
     remat: bool = False
+    reverse_input_channels: bool = False
 
     tap_levels: ClassVar[dict[str, str]] = {"high": "encoder", "mid": "stage1"}
     sad_taps: ClassVar[tuple[str, ...]] = ("stage1", "stage2_mid", "encoder")
@@ -331,6 +336,9 @@ class ERFNet(nn.Module):
             _check_positive_int("ERFNet.stage2_dilations entry", d)
         _check_rates(self, ("stage1_dropout", "stage2_dropout"))
         check_conv_impl("ERFNet.conv_impl", self.conv_impl)
+        for field in ("remat", "reverse_input_channels"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"ERFNet.{field} must be a bool, got {getattr(self, field)!r}")
         super().__post_init__()
 
     @nn.compact
@@ -355,6 +363,8 @@ class ERFNet(nn.Module):
         norm = batch_norm(self, train)
         chans = tuple(self.channels)
         x_bhwc = x.astype(self.dtype)
+        if self.reverse_input_channels:
+            x_bhwc = x_bhwc[..., ::-1]
         encoder_bhwc, stage1_bhwc, stage2_mid_bhwc = ERFNetEncoder(
             channels=chans,
             num_stage1_blocks=self.num_stage1_blocks,

@@ -1,0 +1,105 @@
+"""benchmarks/kd_table.py on its smoke setting: the table's structure, statistics and resumption."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import kd_table  # noqa: E402  (benchmarks/kd_table.py)
+
+SETTING = kd_table.SETTINGS["smoke"]
+
+
+def test_paired_difference_matches_a_hand_computation():
+    d = kd_table.paired_difference([0.5, 0.7, 0.6], [0.4, 0.5, 0.6])
+    # Differences 0.1, 0.2, 0.0: mean 0.1, sample std 0.1, t(0.975, 2) = 4.303.
+    assert d["mean"] == pytest.approx(0.1)
+    assert d["std"] == pytest.approx(0.1)
+    assert d["ci"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert not d["significant"]
+    assert kd_table.paired_difference([0.9, 0.8, 0.85], [0.5, 0.5, 0.52])["significant"]
+    one = kd_table.paired_difference([0.6], [0.5])
+    assert one["std"] == 0.0 and math.isinf(one["ci"]) and not one["significant"]
+
+
+def test_plan_orders_cells_and_rejects_unknown_names():
+    cells = kd_table.plan(SETTING, ["culane"], ["erfnet"], ["baseline", "sad"], [0, 1], False)
+    assert [(c.method, c.seed, c.stage) for c in cells] == [
+        ("baseline", 0, "student"),
+        ("baseline", 1, "student"),
+        ("sad", 0, "distill"),
+        ("sad", 1, "distill"),
+    ]
+    with_ablations = kd_table.plan(SETTING, ["culane"], ["erfnet"], ["baseline"], [0], True)
+    assert {c.method for c in with_ablations} == {"baseline", *kd_table.ABLATIONS}
+    with pytest.raises(ValueError, match="unknown 'intra-kd'"):
+        kd_table.plan(SETTING, ["culane"], ["erfnet"], ["intra-kd"], [0], False)
+    with pytest.raises(ValueError, match="unknown 'vgg'"):
+        kd_table.plan(SETTING, ["culane"], ["vgg"], None, [0], False)
+
+
+def test_cell_config_changes_only_the_method_and_seed():
+    base = kd_table._base_config(SETTING, "culane", "/tmp/nowhere")
+    a = kd_table.cell_config(SETTING, kd_table.Cell("culane", "erfnet", "baseline", 1), base, "t", 5)
+    b = kd_table.cell_config(SETTING, kd_table.Cell("culane", "erfnet", "skd", 1), base, "t", 5)
+    assert a.seed == b.seed == 1
+    assert tuple(b.distill.terms) == ("skd_pixel", "skd_pair")
+    flat_a, flat_b = a.to_dict(), b.to_dict()
+    flat_a.pop("distill"), flat_b.pop("distill")
+    assert flat_a == flat_b  # student, data, schedule and teacher are the same
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kd_table")
+    cells = kd_table.plan(SETTING, ["culane"], ["erfnet"], ["baseline", "intra_kd"], [0, 1], False)
+    results, teachers = kd_table.run_table(
+        SETTING, cells, str(root / "work"), 2, data_root=str(root / "data")
+    )
+    return root, cells, results, teachers
+
+
+def test_table_has_every_cell_with_its_statistics(table):
+    root, cells, results, teachers = table
+    assert [(r["method"], r["seed"]) for r in results] == [(c.method, c.seed) for c in cells]
+    for r in results:
+        assert 0.0 <= r["miou"] <= 1.0 and 0.0 <= r["official"] <= 1.0
+        assert r["params"] > 0 and r["train_seconds"] > 0
+    # Fair starts: the two methods' students have the same architecture and size.
+    assert len({r["params"] for r in results}) == 1
+    text, payload = kd_table.summarize(results, teachers)
+    assert "### culane twin, student erfnet" in text
+    assert "Teacher pspnet" in text
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:4] == ["method", "seeds", "mIoU", "CULane F1"]
+    assert "Δ mIoU vs baseline" in header
+    rows = {r.split("|")[1].strip(): r for r in lines[2:]}
+    assert set(rows) == {"baseline (CE only)", "IntRA-KD"}
+    entry = payload["culane/erfnet"]["methods"]["intra_kd"]
+    by_seed = {r["seed"]: r for r in results}
+    base = [r["miou"] for r in results if r["method"] == "baseline"]
+    ikd = [r["miou"] for r in results if r["method"] == "intra_kd"]
+    assert entry["delta_miou"]["mean"] == pytest.approx(np.mean(np.subtract(ikd, base)))
+    assert set(entry["seeds"]) == {0, 1} and by_seed
+
+
+def test_a_killed_table_continues_with_the_missing_cells(table):
+    root, cells, results, _ = table
+    work = str(root / "work")
+    missing = cells[-1]
+    done = {c: Path(c.directory(work)) / "result.json" for c in cells}
+    before = {c: p.stat().st_mtime_ns for c, p in done.items() if c != missing}
+    # A run killed inside the last cell: its result and evaluation are not written yet.
+    done[missing].unlink()
+    again, _ = kd_table.run_table(SETTING, cells, work, 2, data_root=str(root / "data"))
+    assert all(done[c].stat().st_mtime_ns == t for c, t in before.items())  # reused
+    assert done[missing].exists()
+    assert again[-1]["miou"] == pytest.approx(results[-1]["miou"])
+    assert json.loads(done[missing].read_text())["method"] == missing.method
