@@ -146,6 +146,7 @@ SETTINGS: dict[str, Setting] = {
         # 80x240 instead of the demo's 96x288: the 39 cells fit about 90 minutes of this CPU.
         overrides={
             "data.image_hw": (80, 240),
+            "data.teacher_image_hw": (80, 240),  # the teacher learns on what the students see
             "log_every_steps": 100,
             "checkpoint_every_steps": 250,
         },

@@ -117,7 +117,7 @@ def main(_):
 
     t_step = _median_seconds(run_step, _STEPS.value)
 
-    svars = {"params": holder["state"].params, "batch_stats": holder["state"].batch_stats}
+    svars = holder["state"].variables
     loss_grad = harness.loss_grad_fn(
         eval_student, svars, teacher, tvars, batch["label"], n, term.taps, rng
     )

@@ -228,7 +228,7 @@ def init_from_checkpoint(s: StageSetup, state: steps.TrainState) -> steps.TrainS
         )
     arch, path = value
     variables, report = weights.load_into(
-        {"params": state.params, "batch_stats": state.batch_stats},
+        state.variables,
         weights.read_checkpoint(path),
         arch,
         s.eval_model,
@@ -246,7 +246,7 @@ def validate(s: StageSetup, state: steps.TrainState) -> dict:
     """Validation metrics of the state's variables on the stage's evaluation split."""
     return inference.evaluate_variables(
         s.eval_model,
-        {"params": state.params, "batch_stats": state.batch_stats},
+        state.variables,
         s.dataset,
         s.eval_split,
         s.mesh,
@@ -396,7 +396,7 @@ def finish(
     )
     examples = inference.predict_examples(
         s.eval_model,
-        {"params": state.params, "batch_stats": state.batch_stats},
+        state.variables,
         s.dataset,
         s.eval_split,
         s.mesh,

@@ -48,6 +48,11 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
 
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The model's variables: ``params`` and ``batch_stats``, as ``model.apply`` takes them."""
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
 
 # Initialisation runs once: XLA's optimisation passes cost far more compile time than they save.
 RUN_ONCE_COMPILER_OPTIONS = {

@@ -600,7 +600,7 @@ def test_all_terms_step_on_four_devices_reports_every_term_of_the_global_batch(t
     mesh, state, step = make_step(4, spec)
     batch = tiny_batch()
     # The step donates its state: keep a host copy of the variables it starts from.
-    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    variables = jax.device_get(state.variables)
     tvars = parallel.replicate(teacher_vars, mesh)
     _, metrics = step(state, tvars, parallel.to_global(batch, mesh))
     metrics = jax.device_get(metrics)

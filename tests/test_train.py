@@ -176,14 +176,14 @@ def test_no_recompilation_after_the_first_step(caplog):
     eval_step = steps.make_eval_step(eval_student, mesh, 5)
     gbatch = parallel.to_global(batch, mesh)
     state, _ = step(state, None, gbatch)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = state.variables
     full = parallel.to_global({**batch, "mask": np.ones(4, bool)}, mesh)
     jax.block_until_ready(eval_step(variables, full))
     with jax.log_compiles(True), caplog.at_level("WARNING"):
         for _ in range(2):
             state, metrics = step(state, None, gbatch)
         jax.block_until_ready(metrics)
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        variables = state.variables
         padded = parallel.to_global({**batch, "mask": np.arange(4) < 3}, mesh)
         jax.block_until_ready(eval_step(variables, padded))
     compiles = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
