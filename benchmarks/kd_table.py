@@ -48,12 +48,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import jax  # noqa: E402
+import kd_plot  # noqa: E402  (benchmarks/kd_plot.py)
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from data_pipelines.util import format_seconds, write_file_atomic  # noqa: E402
-from intrakd_jax import building, models, train  # noqa: E402
+from intrakd_jax import building, errors, models, train  # noqa: E402
 from intrakd_jax.evaluation import report  # noqa: E402
 from intrakd_jax.stage import train_stage  # noqa: E402
 
@@ -272,10 +273,12 @@ def _without_unset(tree: Any) -> Any:
     return tree
 
 
+TEACHER_FIELDS = ("teacher", "data", "optim", "batch_size", "seed")
+
+
 def teacher_dir(workdir: str, dataset: str, config: ml_collections.ConfigDict) -> str:
     """The cached teacher's workdir: one per dataset and teacher config."""
-    fields = ("teacher", "data", "optim", "batch_size", "seed")
-    return os.path.join(workdir, "teachers", f"{dataset}-{config_hash(config, fields)}")
+    return os.path.join(workdir, "teachers", f"{dataset}-{config_hash(config, TEACHER_FIELDS)}")
 
 
 def cell_config(
@@ -320,6 +323,7 @@ def evaluate_stage(config: ml_collections.ConfigDict, run_dir: str, stage: str) 
 def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: str, dataset_obj) -> dict:
     """Trains and evaluates one cell (resuming), caches and returns its result."""
     cell_dir = cell.directory(workdir)
+    _claim(cell_dir, config_hash(config, CELL_FIELDS))
     done = os.path.join(cell_dir, "result.json")
     if os.path.exists(done):
         with open(done) as f:
@@ -337,8 +341,32 @@ def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: str, datase
     return result
 
 
+CELL_FIELDS = ("teacher", "student", "distill", "data", "optim", "batch_size", "seed")
+
+
+def _claim(directory: str, digest: str) -> None:
+    """Marks ``directory`` as holding the run of config ``digest``; refuses another config's run.
+
+    Without it a changed setting (steps, image size, teacher) would silently reuse results
+    trained under the old one.
+    """
+    path = os.path.join(directory, "config_hash")
+    if os.path.exists(path):
+        with open(path) as f:
+            found = f.read().strip()
+        if found != digest:
+            raise errors.ConfigError(
+                f"{directory} holds a run of another config (hash {found}, this one is {digest}); "
+                "pass a new --workdir or delete that directory"
+            )
+        return
+    os.makedirs(directory, exist_ok=True)
+    write_file_atomic(path, (digest + "\n").encode())
+
+
 def train_teacher(base: ml_collections.ConfigDict, tdir: str, dataset_obj) -> dict:
     """Trains (or reuses) the dataset's teacher and evaluates it like a cell."""
+    _claim(tdir, config_hash(base, TEACHER_FIELDS))
     done = os.path.join(tdir, "result.json")
     if os.path.exists(done):
         with open(done) as f:
@@ -388,7 +416,8 @@ def _mean_std(values: Sequence[float]) -> str:
 def _delta(d: dict) -> str:
     sign = "+" if d["mean"] >= 0 else "−"
     ci = "n/a" if math.isinf(d["ci"]) else f"{d['ci']:.3f}"
-    return f"{sign}{abs(d['mean']):.3f} ± {d['std']:.3f} (CI ±{ci})"
+    text = f"{sign}{abs(d['mean']):.3f} ± {d['std']:.3f} (CI ±{ci})"
+    return text + (" **yes**" if d["significant"] else "")
 
 
 def summarize(results: list[dict], teachers: dict[str, dict]) -> tuple[str, dict]:
@@ -430,17 +459,27 @@ def summarize(results: list[dict], teachers: dict[str, dict]) -> tuple[str, dict
                         [seeds[s][key] for s in common], [base[s][key] for s in common]
                     )
                     e[f"delta_{key}"] = d
-                    row[f"Δ {name} vs baseline"] = _delta(d) + (
-                        " **yes**" if d["significant"] else ""
-                    )
+                    row[f"Δ {name} vs baseline"] = _delta(d)
                 wins = sum(seeds[s]["official"] > base[s]["official"] for s in common)
                 row["seeds better"] = f"{wins}/{len(common)}"
+            ikd = rows.get("intra_kd", {})
+            shared = sorted(set(seeds) & set(ikd))
+            if method not in ("baseline", "intra_kd") and shared:
+                # IntRA-KD against this method, same seeds: the paper's claim is that it wins.
+                d = paired_difference(
+                    [ikd[s]["official"] for s in shared], [seeds[s]["official"] for s in shared]
+                )
+                e["intra_kd_minus_this_official"] = d
+                row[f"IntRA-KD − this, {off}"] = _delta(d)
             row["params (M)"] = f"{runs[0]['params'] / 1e6:.3f}"
             row["train s/cell"] = f"{np.mean([r['train_seconds'] for r in runs]):.0f}"
             table_rows.append(row)
             entry[method] = e
         deltas = [f"Δ {n} vs baseline" for n in ("mIoU", off)]
-        columns = ["method", "seeds", "mIoU", off, *deltas, "seeds better", "params (M)"]
+        columns = ["method", "seeds", "mIoU", off, *deltas, "seeds better"]
+        if any(f"IntRA-KD − this, {off}" in r for r in table_rows):
+            columns.append(f"IntRA-KD − this, {off}")
+        columns.append("params (M)")
         columns.append("train s/cell")
         for r in table_rows:
             for c in columns:
@@ -451,9 +490,17 @@ def summarize(results: list[dict], teachers: dict[str, dict]) -> tuple[str, dict
 
 
 def write_results(output: str, header: str, tables: str, payload: dict) -> None:
-    """Writes the markdown report and its JSON twin (``.json`` beside it)."""
-    write_file_atomic(output, (header + "\n" + tables).encode("utf-8"))
-    report.write_json(os.path.splitext(output)[0] + ".json", payload)
+    """Writes the markdown report, its JSON twin and its picture (``.json``, ``.png`` beside it)."""
+    stem = os.path.splitext(output)[0]
+    payload = {
+        **payload,
+        "labels": {k: v[0] for k, v in ALL_METHODS.items()},
+        "official_names": OFFICIAL_NAMES,
+    }
+    picture = f"\n![every seed of every method]({os.path.basename(stem)}.png)\n"
+    write_file_atomic(output, (header + picture + "\n" + tables).encode("utf-8"))
+    report.write_json(stem + ".json", payload)
+    kd_plot.write(stem + ".png", payload)
 
 
 _SETTING = flags.DEFINE_enum("setting", "default", list(SETTINGS), "Sizes and default selection.")
@@ -543,18 +590,20 @@ def main(argv: Sequence[str]) -> None:
         setting, cells, _WORKDIR.value, steps, _TEACHER_STEPS.value, _DATA_ROOT.value
     )
     tables, payload = summarize(results, teachers)
+    trained = sum(r["train_seconds"] for r in [*results, *teachers.values()])
     command = "python benchmarks/kd_table.py " + " ".join(argv_flags())
     header = (
         f"# Which distillation method? (synthetic twins, fair starts)\n\n"
         f"Command: `{command}`  \n"
         f"Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, "
         f"{os.cpu_count()} CPU cores; wall time of this invocation "
-        f"{format_seconds(time.time() - t0)} "
-        f"(cells already done are reused).\n\n"
+        f"{format_seconds(time.time() - t0)} (cells already done are reused); training "
+        f"time of the teachers and all cells {format_seconds(trained)}.\n\n"
         f"Setting `{_SETTING.value}`: students trained {steps} steps; mean ± std over seeds "
         f"{seeds}; Δ = per-seed paired difference to the baseline student (same initial "
         f"weights and data order), ± its std, with the 95 % t-interval half width; **yes** when "
-        f"the interval excludes zero.\n"
+        f"the interval excludes zero. `IntRA-KD − this`: the same paired difference between "
+        f"IntRA-KD and that method.\n"
     )
     write_results(
         _OUTPUT.value, header, tables, {"setting": _SETTING.value, "results": results, **payload}

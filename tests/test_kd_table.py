@@ -105,3 +105,52 @@ def test_a_killed_table_continues_with_the_missing_cells(table):
     assert done[missing].exists()
     assert again[-1]["miou"] == pytest.approx(results[-1]["miou"])
     assert json.loads(done[missing].read_text())["method"] == missing.method
+
+
+def _result(method, seed, official):
+    return {
+        "dataset": "culane",
+        "student": "erfnet",
+        "method": method,
+        "seed": seed,
+        "miou": official,
+        "official": official,
+        "params": 1000,
+        "train_seconds": 1.0,
+    }
+
+
+def test_summary_compares_intra_kd_with_every_other_method(tmp_path):
+    official = {
+        "baseline": [0.50, 0.52, 0.54],
+        "intra_kd": [0.60, 0.61, 0.65],
+        "kd": [0.55, 0.60, 0.60],
+    }
+    results = [_result(m, s, v) for m, vs in official.items() for s, v in enumerate(vs)]
+    teacher = {"model": "pspnet", "params": 5000, "num_train_steps": 9, "miou": 0.7}
+    text, payload = kd_table.summarize(results, {"culane": {**teacher, "official": 0.7}})
+    # IntRA-KD - KD per seed: 0.05, 0.01, 0.05 -> mean 0.03667, sample std 0.02309.
+    d = payload["culane/erfnet"]["methods"]["kd"]["intra_kd_minus_this_official"]
+    assert d["mean"] == pytest.approx(0.11 / 3)
+    assert d["std"] == pytest.approx(
+        math.sqrt(((0.05 - 0.11 / 3) ** 2 * 2 + (0.01 - 0.11 / 3) ** 2) / 2)
+    )
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    column = header.index("IntRA-KD − this, CULane F1")
+    kd_row = [c.strip() for c in lines[-1].strip("|").split("|")]
+    assert kd_row[0] == "KD (logits)" and kd_row[column].startswith("+0.037 ± 0.023")
+    kd_table.write_results(
+        str(tmp_path / "R.md"), "# head\n", text, {"results": results, **payload}
+    )
+    png = tmp_path / "R.png"
+    assert (
+        png.exists() and "![every seed of every method](R.png)" in (tmp_path / "R.md").read_text()
+    )
+    assert json.loads((tmp_path / "R.json").read_text())["labels"]["kd"] == "KD (logits)"
+
+
+def test_a_changed_setting_does_not_reuse_cells(table):
+    root, cells, _, _ = table
+    with pytest.raises(kd_table.errors.ConfigError, match="another config"):
+        kd_table.run_table(SETTING, cells, str(root / "work"), 3, data_root=str(root / "data"))
