@@ -86,6 +86,32 @@ def _examples(dataset, split: str) -> list:
     return list(getter(split) if callable(getter) else dataset._examples(split))
 
 
+def _protocol_context(
+    ecfg: ml_collections.ConfigDict, dataset, split: str, model, out_dir: str
+) -> protocols.ProtocolContext:
+    """What the dataset's official protocol needs to know about the split and the eval config."""
+    info = dataset.info
+    test_size, multiple = official_tta_geometry(model)
+    return protocols.ProtocolContext(
+        split=split,
+        out_dir=out_dir,
+        data_dir=getattr(dataset, "data_dir", ""),
+        class_names=tuple(info.class_names),
+        source_hw=tuple(dataset.source_image_hw(split)),
+        crop_top=dataset.options.crop_top,
+        network_hw=tuple(info.image_hw),
+        mean_rgb=tuple(dataset.options.mean_rgb),
+        std_rgb=tuple(dataset.options.std_rgb),
+        write_predictions=bool(ecfg.get("write_predictions", True)),
+        exist_min_fraction=float(ecfg.get("exist_min_fraction", 0.0005)),
+        tta=ecfg.get("tta", "none") or "none",
+        tta_test_size=int(ecfg.get("tta_test_size") or test_size),
+        tta_multiple=multiple,
+        include_void=bool(ecfg.get("include_void", True)),
+        workers=ecfg.get("workers"),
+    )
+
+
 def evaluate_one(
     config: ml_collections.ConfigDict,
     dataset,
@@ -104,25 +130,7 @@ def evaluate_one(
     info = dataset.info
     examples = _examples(dataset, split)
     ecfg = config.eval
-    test_size, multiple = official_tta_geometry(model)
-    ctx = protocols.ProtocolContext(
-        split=split,
-        out_dir=out_dir,
-        data_dir=getattr(dataset, "data_dir", ""),
-        class_names=tuple(info.class_names),
-        source_hw=tuple(dataset.source_image_hw(split)),
-        crop_top=dataset.options.crop_top,
-        network_hw=tuple(info.image_hw),
-        mean_rgb=tuple(dataset.options.mean_rgb),
-        std_rgb=tuple(dataset.options.std_rgb),
-        write_predictions=bool(ecfg.get("write_predictions", True)),
-        exist_min_fraction=float(ecfg.get("exist_min_fraction", 0.0005)),
-        tta=ecfg.get("tta", "none") or "none",
-        tta_test_size=int(ecfg.get("tta_test_size") or test_size),
-        tta_multiple=multiple,
-        include_void=bool(ecfg.get("include_void", True)),
-        workers=ecfg.get("workers"),
-    )
+    ctx = _protocol_context(ecfg, dataset, split, model, out_dir)
     lead = jax.process_index() == 0
     predict_fn = inference.make_predict_fn(model, variables, mesh) if ctx.tta != "none" else None
     protocol = protocols.get_protocol(info.name, ctx, predict_fn)
