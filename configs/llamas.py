@@ -32,7 +32,8 @@ def _data_config() -> ml_collections.ConfigDict:
     d.label_type = "multiclass"  # multiclass (5 classes) | binary (2)
     d.crop_top = 0  # rows dropped from the top before resizing
     d.image_hw = (720, 1280)
-    d.class_weights = (1.0, 1.0, 1.0, 1.0, 1.0)
+    # None: 1.0 for each class of the label type (5 multiclass, 2 binary).
+    d.class_weights = config_dict.placeholder(tuple)
     d.augment = ml_collections.ConfigDict(
         {
             "enabled": True,
