@@ -407,7 +407,7 @@ def finish(
         visualize.save_png(
             os.path.join(s.stage_dir, "examples.png"),
             visualize.grid(
-                example_rows(examples, s.config.data, [examples["pred"]], 4),
+                example_rows(examples, s.config.data, info.num_classes, [examples["pred"]], 4),
                 ["input", "ground truth", f"{s.stage} prediction"],
             ),
         )
@@ -448,9 +448,10 @@ def _tensorboard_writer(stage_dir: str) -> metric_writers.MetricWriter:
     return metric_writers.AsyncWriter(metric_writers.SummaryWriter(stage_dir))
 
 
-def example_rows(examples: dict, data_config, columns: list[np.ndarray], n: int) -> list:
+def example_rows(
+    examples: dict, data_config, num_classes: int, columns: list[np.ndarray], n: int
+) -> list:
     """Figure rows: input, ground truth and one overlay per prediction column, ``n`` images."""
-    num_classes = len(data_config.class_weights)
     rows = []
     for i in range(min(n, len(examples["image"]))):
         img = visualize.denormalize(examples["image"][i], data_config.mean_rgb, data_config.std_rgb)

@@ -138,7 +138,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, d
         examples = {s: dict(np.load(os.path.join(workdir, s, "examples.npz"))) for s in STAGES}
         preds = [examples[s]["pred"] for s in STAGES]
         figure = visualize.grid(
-            example_rows(examples["teacher"], config.data, preds, 4),
+            example_rows(examples["teacher"], config.data, dataset.info.num_classes, preds, 4),
             ["input", "ground truth", "teacher", "student (baseline)", "student + IntRA-KD"],
         )
         visualize.save_png(os.path.join(workdir, "comparison.png"), figure)
