@@ -275,7 +275,10 @@ def _without_unset(tree: Any) -> Any:
     return tree
 
 
+# A teacher's directory is named by the hash of its fields; a cell's directory by its name, so
+# the cell records the hash of its whole config (``_claim``).
 TEACHER_FIELDS = ("teacher", "data", "optim", "batch_size", "seed")
+CELL_FIELDS = ("teacher", "student", "distill", "data", "optim", "batch_size", "seed")
 
 
 def teacher_dir(workdir: str, dataset: str, config: ml_collections.ConfigDict) -> str:
@@ -343,9 +346,6 @@ def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: str, datase
     return result
 
 
-CELL_FIELDS = ("teacher", "student", "distill", "data", "optim", "batch_size", "seed")
-
-
 def _claim(directory: str, digest: str) -> None:
     """Marks ``directory`` as holding the run of config ``digest``; refuses another config's run.
 
@@ -368,7 +368,6 @@ def _claim(directory: str, digest: str) -> None:
 
 def train_teacher(base: ml_collections.ConfigDict, tdir: str, dataset_obj) -> dict:
     """Trains (or reuses) the dataset's teacher and evaluates it like a cell."""
-    _claim(tdir, config_hash(base, TEACHER_FIELDS))
     done = os.path.join(tdir, "result.json")
     if os.path.exists(done):
         with open(done) as f:
