@@ -562,3 +562,37 @@ def test_metric_modules_import_and_compute_without_tensorflow_and_jax():
         timeout=120,
     )
     assert proc.returncode != 0 and "jax is blocked" in proc.stderr
+
+
+def test_map_images_error_in_a_worker_never_hangs():
+    # A task that raises (a missing prediction file) once hung the CLIs now and then: leaving
+    # `with multiprocessing.Pool` after an exception could block on a queue lock an idle worker
+    # held. time.sleep(-1) raises ValueError in the worker; the sleeps keep the others busy.
+    code = textwrap.dedent(
+        """
+        import time
+        from intrakd_jax.evaluation import pool
+        for workers in (2, 4):
+            for pause in (0.001, 0.01):
+                tasks = [0.001, -1, pause, pause, pause]
+                for _ in range(60):
+                    try:
+                        pool.map_images(time.sleep, tasks, workers=workers)
+                    except ValueError:
+                        continue
+                    raise SystemExit("no error raised")
+        print("done")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # The hang needs a busy machine (seen in CI, not on an idle one): three spinning processes.
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=90
+        )
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
 from data_pipelines.util import ProgressLogger
@@ -78,9 +79,16 @@ def map_images(
             results.append(fn(task))
             progress.update(size)
     else:
-        with mp_context().Pool(min(count, len(tasks))) as pool:
-            for result, size in zip(pool.imap(fn, tasks), sizes, strict=True):
+        # Not multiprocessing.Pool: its terminate() (what leaving `with Pool` after an exception
+        # calls) can block for good on the task-queue lock that an idle worker holds, which hung
+        # the CLIs now and then on a missing prediction file. The executor cancels the tasks not
+        # yet started and waits for the running ones.
+        executor = ProcessPoolExecutor(min(count, len(tasks)), mp_context=mp_context())
+        try:
+            for result, size in zip(executor.map(fn, tasks), sizes, strict=True):
                 results.append(result)
                 progress.update(size)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
     progress.finish()
     return results
