@@ -194,6 +194,29 @@ def get_base_config() -> ml_collections.ConfigDict:
     # intrakd_pspnet; erfnet_trained.pth.tar: intrakd_erfnet).
     c.checkpoint_arch = config_dict.placeholder(str)
 
+    # mode=predict: run config.checkpoint on your own images or video (intrakd_jax/predict.py).
+    c.predict = ml_collections.ConfigDict()
+    # A folder (searched recursively), a glob ("frames/*.jpg"), a list file (one path per line,
+    # relative to the list's folder) or a video file (.mp4, .avi, .mov, .mkv, ...).
+    c.predict.input = config_dict.placeholder(str)
+    c.predict.output = config_dict.placeholder(str)  # None = <workdir>/predict
+    c.predict.batch_size = config_dict.placeholder(int)  # None = config.eval_batch_size
+    c.predict.overlays = True  # the prediction coloured over each frame (or an annotated video)
+    c.predict.official = True  # .lines.txt (CULane, LLAMAS) / full-size id PNGs (ApolloScape)
+    c.predict.probabilities = False  # also one 8-bit probability PNG per class and image
+    c.predict.max_frames = config_dict.placeholder(int)  # video: stop after this many frames
+
+    # mode=export: deployable artifacts of config.checkpoint (intrakd_jax/export.py).
+    c.export = ml_collections.ConfigDict()
+    c.export.formats = "jax,savedmodel,tflite"  # any of jax, savedmodel, tflite
+    c.export.output = config_dict.placeholder(str)  # None = <workdir>/export
+
+    # mode=explain: what IntRA-KD matches, for config.checkpoint (the student) and the teacher
+    # of config.teacher (intrakd_jax/explain.py).
+    c.explain = ml_collections.ConfigDict()
+    c.explain.num_images = 2  # validation images drawn, the first of config.eval.split
+    c.explain.output = config_dict.placeholder(str)  # None = <workdir>/explain
+
     return c
 
 

@@ -10,6 +10,9 @@ call it. ``config.mode`` picks what runs:
             (stage checkpoints, or PyTorch/safetensors files with config.checkpoint_arch)
   pipeline  teacher, student, distill, then a comparison table -> <workdir>/comparison.{md,json}
   check_data  check every file of the dataset; exit 1 if any problem -> <workdir>/data_check.*
+  predict   config.checkpoint on config.predict.input (images/video) -> <workdir>/predict/
+  export    config.checkpoint as jax.export / SavedModel / TFLite -> <workdir>/export/
+  explain   AOI maps and affinity graphs, teacher vs config.checkpoint -> <workdir>/explain/
 
 Every training stage resumes automatically from its newest checkpoint; a finished stage is not
 trained again. The data position is the step: the input pipeline is a pure function of
@@ -28,12 +31,12 @@ from absl import logging
 
 import data_pipelines
 from data_pipelines import check
-from intrakd_jax import batch_eval, building, checkpointing, parallel
+from intrakd_jax import batch_eval, building, checkpointing, explain, export, parallel, predict
 from intrakd_jax.errors import ConfigError
 from intrakd_jax.evaluation import report, visualize
 from intrakd_jax.stage import STAGES, example_rows, train_stage
 
-MODES = (*STAGES, "evaluate", "pipeline", "check_data")
+MODES = (*STAGES, "evaluate", "pipeline", "check_data", "predict", "export", "explain")
 
 # Problems with the user's input (config, data, checkpoints): reported as one clear message.
 USER_ERRORS = (ConfigError, checkpointing.CheckpointError, data_pipelines.DataError)
@@ -185,4 +188,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return run_pipeline(config, workdir)
     if config.mode == "evaluate":
         return evaluate_checkpoint(config, workdir)
+    if config.mode == "predict":
+        return predict.predict(config, workdir)
+    if config.mode == "export":
+        return export.export_checkpoint(config, workdir)
+    if config.mode == "explain":
+        return explain.explain(config, workdir)
     return train_stage(config, workdir, config.mode)
