@@ -41,11 +41,14 @@ def known_datasets() -> list[str]:
     return sorted(_READERS)
 
 
-def get_dataset(data_config):
+def get_dataset(data_config, *, need_files: bool = True):
     """Builds the reader named by ``data_config.name``.
 
     Args:
         data_config: the ``config.data`` ConfigDict.
+        need_files: False skips every check of ``data_dir`` (which may then be unset or
+            missing): the reader serves its ``info`` and ``options`` only, for jobs that run a
+            model on other inputs (mode=predict, export).
 
     Returns:
         A ``data_pipelines.dataset.SegmentationDataset``.
@@ -60,7 +63,8 @@ def get_dataset(data_config):
             f"unknown dataset config.data.name = {name!r}; known datasets: {known_datasets()}"
         )
     module_name, cls_name = _READERS[name].split(":")
-    return getattr(importlib.import_module(module_name), cls_name)(data_config)
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(data_config) if need_files else cls.without_files(data_config)
 
 
 def __getattr__(name: str):

@@ -380,6 +380,10 @@ class FolderDataset(SegmentationDataset):
         synthetic = config_get(config, "synthetic")
         self._synthetic = synthetic if config_get(synthetic, "enabled", False) else None
         data_dir = config_get(config, "data_dir")
+        if getattr(self, "_without_files", False):
+            self._data_dir = absolute_path(data_dir) if data_dir else ""
+            self._generated = True
+            return
         if data_dir is None or str(data_dir) == "":
             raise DataConfigError(
                 f"config.data.data_dir is not set; expected {self.ROOT}"
@@ -390,6 +394,18 @@ class FolderDataset(SegmentationDataset):
         self._generated = self._synthetic is None
         if self._synthetic is None:
             self._check_layout()
+
+    @classmethod
+    def without_files(cls, config):
+        """The reader's ``info`` and ``options`` only: ``data_dir`` is neither needed nor checked.
+
+        Reading a split from such a reader fails; predict/export jobs need only the class table,
+        the input size and the normalisation.
+        """
+        reader = cls.__new__(cls)
+        reader._without_files = True
+        reader.__init__(config)
+        return reader
 
     # -- hooks ----------------------------------------------------------------------------------
 

@@ -186,16 +186,7 @@ class LlamasProtocol(Protocol):
             llamas.write_llamas_probability_pngs(
                 os.path.join(self.ctx.out_dir, "predictions"), key, full
             )
-        maps_lhw = np.moveaxis(np.asarray(probs_hwk, np.float32)[..., 1:], -1, 0)
-        lanes = prob2lines.prob2lines(
-            maps_lhw,
-            self.lane_exists(probs_hwk),
-            image_width=self.ctx.source_hw[1],
-            image_height=self.ctx.source_hw[0],
-            crop_top=self.ctx.crop_top,
-            **self.rows,
-        )
-        lines_txt.write_lines_txt(self.path("lanes", key + ".lines.txt"), lanes)
+        lines_txt.write_lines_txt(self.path("lanes", key + ".lines.txt"), self.lanes(probs_hwk))
         if label_path is not None:
             label = _read_label_png(label_path)
             self.ap.update(full[None], label[None])
@@ -203,6 +194,18 @@ class LlamasProtocol(Protocol):
             self.label_jsons.append(
                 os.path.join(self.ctx.data_dir, "labels", self.ctx.split, key + ".json")
             )
+
+    def lanes(self, probs_hwk: np.ndarray) -> list[np.ndarray]:
+        """The official-format lanes of one frame (prob2lines at the source resolution)."""
+        maps_lhw = np.moveaxis(np.asarray(probs_hwk, np.float32)[..., 1:], -1, 0)
+        return prob2lines.prob2lines(
+            maps_lhw,
+            self.lane_exists(probs_hwk),
+            image_width=self.ctx.source_hw[1],
+            image_height=self.ctx.source_hw[0],
+            crop_top=self.ctx.crop_top,
+            **self.rows,
+        )
 
     def finish(self):
         """See ``Protocol.finish``."""
@@ -248,8 +251,13 @@ class CulaneProtocol(Protocol):
         self.num_images += 1
         rel = os.path.relpath(image_path, self.ctx.data_dir).replace(os.sep, "/")
         self.image_list.append("/" + rel)
+        lanes = self.lanes(probs_hwk)
+        lines_txt.write_lines_txt(lines_txt.lines_txt_path(self.lines_dir, rel), lanes)
+
+    def lanes(self, probs_hwk: np.ndarray) -> list[np.ndarray]:
+        """The official-format lanes of one frame (the official averaged prob2lines)."""
         maps_lhw = np.moveaxis(np.asarray(probs_hwk, np.float32)[..., 1:], -1, 0)
-        lanes = prob2lines.prob2lines(
+        return prob2lines.prob2lines(
             prob2lines.average_score_maps(maps_lhw),
             self.lane_exists(probs_hwk),
             image_width=self.ctx.source_hw[1],
@@ -257,7 +265,6 @@ class CulaneProtocol(Protocol):
             crop_top=self.ctx.crop_top,
             **self.lane_rows(0, prob2lines.CULANE_IMAGE_HEIGHT),
         )
-        lines_txt.write_lines_txt(lines_txt.lines_txt_path(self.lines_dir, rel), lanes)
 
     @property
     def lines_dir(self) -> str:
