@@ -31,6 +31,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
+# Several processes (hosts): TPU pod slices and Slurm steps are found automatically; elsewhere
+# give all three on every process (README "Running on several hosts").
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, e.g. 10.0.0.2:1234 (several hosts)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..n-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,9 +45,11 @@ def main(argv):
     """Parses flags and runs ``train_and_evaluate``; known input errors exit with one message."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    parallel.maybe_initialize_distributed()
     logging.info("config:\n%s", _CONFIG.value)
     try:
+        parallel.maybe_initialize_distributed(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+        )
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except train.USER_ERRORS as e:
         # Known input/config problems: a clear one-paragraph message, not a traceback.

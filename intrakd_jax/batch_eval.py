@@ -23,11 +23,10 @@ import os
 import re
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
-from intrakd_jax import checkpointing, inference, models, weights
+from intrakd_jax import checkpointing, inference, models, parallel, weights
 from intrakd_jax.evaluation import protocols, report, visualize
 from intrakd_jax.evaluation import tta as tta_lib
 
@@ -131,7 +130,7 @@ def evaluate_one(
     examples = _examples(dataset, split)
     ecfg = config.eval
     ctx = _protocol_context(ecfg, dataset, split, model, out_dir)
-    lead = jax.process_index() == 0
+    lead = parallel.is_lead_process()
     predict_fn = inference.make_predict_fn(model, variables, mesh) if ctx.tta != "none" else None
     protocol = protocols.get_protocol(info.name, ctx, predict_fn)
     num_overlays = int(ecfg.get("num_overlays", 16))

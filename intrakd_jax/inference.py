@@ -161,13 +161,16 @@ def predict_examples(model, variables, dataset, split, mesh, batch_size: int) ->
     eval_step = steps.make_eval_step(
         model, mesh, dataset.info.num_classes, dataset.info.ignore_label
     )
-    batch = next(iter(dataset.eval_batches(split, parallel.local_batch_size(batch_size, mesh))))
-    _, probs = eval_step(variables, parallel.to_global(batch, mesh))
-    keep = batch["mask"]
+    _, gbatch, probs = next(
+        predict_split(eval_step, variables, dataset, split, mesh, batch_size, 1)
+    )
+    # The whole global batch on every process (other hosts' rows included).
+    host = parallel.to_host({"probs": probs, **gbatch})
+    keep = host["mask"]
     return {
-        "image": batch["image"][keep],
-        "label": batch["label"][keep],
-        "pred": np.asarray(jax.device_get(probs)).argmax(-1)[keep],
+        "image": host["image"][keep],
+        "label": host["label"][keep],
+        "pred": host["probs"].argmax(-1)[keep],
     }
 
 

@@ -359,17 +359,6 @@ def reference_frame_hw(config: ml_collections.ConfigDict) -> tuple[tuple[int, in
         return tuple(OFFICIAL_FRAME_HW[name]), f"the official {name} frame size"
 
 
-def _batch_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
-    size = int(config.predict.batch_size or config.eval_batch_size)
-    if size < 1 or size % num_devices:
-        lower = max(num_devices, size // num_devices * num_devices)
-        raise ConfigError(
-            f"config.predict.batch_size = {size} is not a multiple of the {num_devices} devices; "
-            f"use {lower} or {lower + num_devices}"
-        )
-    return size
-
-
 def predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs ``config.checkpoint`` over ``config.predict.input`` (see the module docstring).
 
@@ -391,7 +380,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
     dataset = data_pipelines.get_dataset(config.data, need_files=False)
     info, options = dataset.info, dataset.options
     mesh = parallel.make_data_mesh(config.num_devices)
-    batch_size = _batch_size(config, mesh.devices.size)
+    batch_size = int(config.predict.batch_size or config.eval_batch_size)
+    parallel.local_batch_size(batch_size, mesh)  # a clear error unless it splits over devices
     model, variables, step, meta = building.load_eval_checkpoint(config, paths[0], info, mesh)
     predict_fn = inference.make_predict_fn(model, variables, mesh)
     ref_hw, ref_from = reference_frame_hw(config)

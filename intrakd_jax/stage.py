@@ -388,12 +388,13 @@ def finish(
         params=meta["num_params"], train_seconds=train_seconds, model=meta["model"], stage=s.stage
     )
     info = s.dataset.info
-    report.write_report(
-        s.stage_dir,
-        f"eval_{s.eval_split}",
-        metrics,
-        {"per-class": _metrics_table(metrics, info.class_names)},
-    )
+    if parallel.is_lead_process():
+        report.write_report(
+            s.stage_dir,
+            f"eval_{s.eval_split}",
+            metrics,
+            {"per-class": _metrics_table(metrics, info.class_names)},
+        )
     examples = inference.predict_examples(
         s.eval_model,
         state.variables,
@@ -402,7 +403,7 @@ def finish(
         s.mesh,
         s.config.eval_batch_size,
     )
-    if jax.process_index() == 0:
+    if parallel.is_lead_process():
         np.savez_compressed(os.path.join(s.stage_dir, "examples.npz"), **examples)
         visualize.save_png(
             os.path.join(s.stage_dir, "examples.png"),
@@ -443,7 +444,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, dat
 
 def _tensorboard_writer(stage_dir: str) -> metric_writers.MetricWriter:
     """TensorBoard scalars from process 0 only; the console gets one progress line per log step."""
-    if jax.process_index() > 0:
+    if not parallel.is_lead_process():
         return metric_writers.MultiWriter([])
     return metric_writers.AsyncWriter(metric_writers.SummaryWriter(stage_dir))
 
@@ -483,5 +484,5 @@ def _read_json(path: str, default: Any) -> Any:
 
 
 def _write_json(path: str, obj: Any) -> None:
-    if jax.process_index() == 0:
+    if parallel.is_lead_process():
         report.write_json(path, obj)

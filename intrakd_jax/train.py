@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging as logging_std
 import os
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -88,10 +87,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         metrics = batch_eval.evaluate_one(config, dataset, split, model, variables, mesh, out_dir)
         metrics.update(checkpoint=os.path.abspath(path), step=step, model=meta["model"])
         results[name] = metrics
-        if jax.process_index() == 0:
+        if parallel.is_lead_process():
             with open(os.path.join(out_dir, "report.md")) as f:
                 print(f"\n{name} on {info.name} {split} ({out_dir}):\n\n{f.read()}")
-    if len(results) > 1:
+    if len(results) > 1 and parallel.is_lead_process():
         table = batch_eval.summary_table(results)
         report.write_report(
             os.path.join(workdir, batch_eval.EVAL_DIR),
@@ -136,8 +135,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, d
     for stage in STAGES:
         results[stage] = train_stage(config, workdir, stage, dataset)
     table = comparison_table(results, dataset.info.class_names)
-    report.write_report(workdir, "comparison", results, {"comparison": table})
-    if jax.process_index() == 0:
+    if parallel.is_lead_process():
+        report.write_report(workdir, "comparison", results, {"comparison": table})
         examples = {s: dict(np.load(os.path.join(workdir, s, "examples.npz"))) for s in STAGES}
         preds = [examples[s]["pred"] for s in STAGES]
         figure = visualize.grid(
@@ -161,7 +160,7 @@ def check_data(config: ml_collections.ConfigDict, workdir: str) -> dict:
     text = result.format()
     print(text)
     out = os.path.join(workdir, "data_check.txt")
-    if jax.process_index() == 0:
+    if parallel.is_lead_process():
         with open(out, "w") as f:
             f.write(text + "\n")
         report.write_json(os.path.join(workdir, "data_check.json"), result.to_json())
@@ -179,7 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ConfigError(f"config.mode={config.mode!r}; expected one of {MODES}")
     quiet_library_logs()
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
+    if parallel.is_lead_process():
         with open(os.path.join(workdir, f"config_{config.mode}.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     if config.mode == "check_data":

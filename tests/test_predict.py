@@ -224,7 +224,7 @@ def test_crop_top_scales_with_the_frame_height():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"predict.batch_size": 6}, "not a multiple of the 4 devices; use 4 or 8"),
+        ({"predict.batch_size": 6}, "does not split over the 4 devices.*use 4 or 8"),
         ({"checkpoint": "a,b"}, "one checkpoint"),
         ({"checkpoint": None}, "config.checkpoint"),
     ],
