@@ -7,6 +7,7 @@ benchmarks, so a model named in a config is built, checked and loaded one way ev
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 
 import data_pipelines
+from data_pipelines.formats import apolloscape as apolloscape_format
+from data_pipelines.formats import culane as culane_format
+from data_pipelines.formats import llamas as llamas_format
 from intrakd_jax import checkpointing, models, parallel, weights
 from intrakd_jax.errors import ConfigError
 
@@ -258,3 +262,48 @@ def prepared_dataset(data_config: ml_collections.ConfigDict):
     dataset = data_pipelines.get_dataset(data_config)
     dataset.prepare()
     return dataset
+
+
+# The official frame size of each benchmark: what config.data.crop_top refers to when the
+# dataset's own frames are not on this machine.
+OFFICIAL_FRAME_HW = {
+    "culane": culane_format.IMAGE_HW,
+    "llamas": llamas_format.IMAGE_HW,
+    "apolloscape": apolloscape_format.IMAGE_HW,
+}
+
+
+def inference_dataset(data_config: ml_collections.ConfigDict):
+    """The dataset's class table, input options and frame size, without needing its files.
+
+    For jobs that run a model on other inputs (mode=predict, export). The frame size (what
+    ``crop_top`` counts rows of) is read from the dataset's own frames when they are on this
+    machine (a synthetic twin only once generated: nothing is generated here), else it is the
+    synthetic twin's ``image_wh``, else the benchmark's official frame size.
+
+    Returns:
+      ``(dataset, frame_hw, frame_from)``: a reader serving ``info`` and ``options`` only, the
+      (height, width) or None, and where it came from (for logs and metadata).
+    """
+    dataset = data_pipelines.get_dataset(data_config, need_files=False)
+    synthetic = data_config.get("synthetic")
+    is_synthetic = bool(synthetic is not None and synthetic.get("enabled"))
+    data_dir = data_config.get("data_dir")
+    if data_dir and os.path.isdir(data_dir) and os.listdir(data_dir):
+        split = data_config.get("eval_split") or "valid"
+        try:
+            reader = data_pipelines.get_dataset(data_config)
+            return (
+                dataset,
+                tuple(reader.source_image_hw(split)),
+                f"the {split} frames in {data_dir}",
+            )
+        except (data_pipelines.DataError, OSError, ValueError, IndexError, KeyError):
+            pass
+    if is_synthetic and synthetic.get("image_wh"):
+        width, height = synthetic.image_wh
+        return dataset, (int(height), int(width)), "the synthetic twin's image_wh"
+    name = dataset.info.name
+    if name in OFFICIAL_FRAME_HW:
+        return dataset, tuple(OFFICIAL_FRAME_HW[name]), f"the official {name} frame size"
+    return dataset, None, None

@@ -38,8 +38,6 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-import data_pipelines
-from data_pipelines.formats import culane as culane_format
 from data_pipelines.formats import lines_txt
 from data_pipelines.formats import llamas as llamas_format
 from data_pipelines.util import ProgressLogger
@@ -49,13 +47,6 @@ from intrakd_jax.evaluation import apolloscape, protocols, report, visualize
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-# The official frame size of each benchmark: the reference for crop_top when the dataset's own
-# frames are not on this machine.
-OFFICIAL_FRAME_HW = {
-    "culane": culane_format.IMAGE_HW,
-    "llamas": llamas_format.IMAGE_HW,
-    "apolloscape": apolloscape.FULL_HW,
-}
 LANE_DATASETS = ("culane", "llamas")
 
 
@@ -339,26 +330,6 @@ def _video_frames(path: str, max_frames: int | None) -> tuple[Iterator[np.ndarra
     return frames(), meta
 
 
-def reference_frame_hw(config: ml_collections.ConfigDict) -> tuple[tuple[int, int], str]:
-    """The frame size ``config.data.crop_top`` is given for, and where that size came from.
-
-    The dataset's own frames when they are on this machine (real data, or a generated synthetic
-    twin); the benchmark's official frame size otherwise.
-    """
-    try:
-        dataset = data_pipelines.get_dataset(config.data)
-        split = config.data.get("eval_split") or "valid"
-        return tuple(dataset.source_image_hw(split)), f"the {split} frames in {dataset.data_dir}"
-    except (data_pipelines.DataError, OSError, IndexError, KeyError, ValueError):
-        name = config.data.name
-        if name not in OFFICIAL_FRAME_HW:
-            raise ConfigError(
-                f"mode=predict: the {name} frames are not on this machine and there is no "
-                "official frame size to scale config.data.crop_top with"
-            ) from None
-        return tuple(OFFICIAL_FRAME_HW[name]), f"the official {name} frame size"
-
-
 def predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs ``config.checkpoint`` over ``config.predict.input`` (see the module docstring).
 
@@ -377,14 +348,18 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if len(paths) != 1:
         raise ConfigError(f"mode=predict takes one checkpoint; config.checkpoint names {paths}")
     inputs = collect_inputs(config.predict.input)
-    dataset = data_pipelines.get_dataset(config.data, need_files=False)
+    dataset, ref_hw, ref_from = building.inference_dataset(config.data)
+    if ref_hw is None:
+        raise ConfigError(
+            f"mode=predict: the {dataset.info.name} frames are not on this machine and there is "
+            "no official frame size to scale config.data.crop_top with"
+        )
     info, options = dataset.info, dataset.options
     mesh = parallel.make_data_mesh(config.num_devices)
     batch_size = int(config.predict.batch_size or config.eval_batch_size)
     parallel.local_batch_size(batch_size, mesh)  # a clear error unless it splits over devices
     model, variables, step, meta = building.load_eval_checkpoint(config, paths[0], info, mesh)
     predict_fn = inference.make_predict_fn(model, variables, mesh)
-    ref_hw, ref_from = reference_frame_hw(config)
     out_dir = config.predict.output or os.path.join(workdir, "predict")
     os.makedirs(out_dir, exist_ok=True)
     logging.info(
