@@ -16,8 +16,8 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from checkpoint_reference import saved_state
 
 from configs import llamas as llamas_config
 from intrakd_jax import (
@@ -381,26 +381,7 @@ def _main_cmd(data_dir: Path, workdir: Path) -> list[str]:
 
 
 def _final_params(workdir: Path) -> dict:
-    directory = workdir / "student" / checkpointing.LATEST_DIR
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with ocp.CheckpointManager(
-        str(directory),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(create=False),
-    ) as mngr:
-        assert mngr.latest_step() == STEPS
-        tree = mngr.item_metadata(STEPS)["state"].tree
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
-        )
-        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=device), target)
-        restored = mngr.restore(
-            STEPS,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args)
-            ),
-        )
-    return restored["state"]
+    return saved_state(workdir / "student", STEPS)
 
 
 @pytest.mark.slow
