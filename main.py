@@ -8,6 +8,7 @@ Kept thin on purpose: the logic lives in intrakd_jax.train, which notebooks and 
 """
 
 import os
+import sys
 
 from intrakd_jax import cpu_allocator
 
@@ -22,7 +23,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from intrakd_jax import parallel, train  # noqa: E402
+from intrakd_jax import parallel, stage, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -51,6 +52,11 @@ def main(argv):
             _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
         )
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except stage.Preempted as e:
+        # Preemption (SIGTERM) or Ctrl-C: the checkpoint is saved; the scheduler sees the signal.
+        logging.warning("%s", e)
+        print(f"stopped: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_status) from None
     except train.USER_ERRORS as e:
         # Known input/config problems: a clear one-paragraph message, not a traceback.
         logging.error("%s: %s", type(e).__name__, e)

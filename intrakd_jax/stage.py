@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
 
 import data_pipelines
 from data_pipelines.util import format_seconds
@@ -314,6 +317,66 @@ def _stage_batches(s: StageSetup, start_step: int) -> Iterator:
     )
 
 
+class Preempted(Exception):  # noqa: N818 -- a stop on request, not a failure
+    """SIGTERM/SIGINT stopped a stage after it saved a checkpoint at the current step.
+
+    Attributes:
+      exit_status: 128 + the signal number (143 for SIGTERM, 130 for SIGINT), what shells and
+        schedulers expect of a process stopped by that signal.
+    """
+
+    def __init__(self, stage: str, step: int, signum: int):
+        """Records where the stage stopped and why."""
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"[{stage}] {name} received: checkpoint saved at step {step}; run the same command "
+            "again to resume"
+        )
+        self.exit_status = 128 + signum
+
+
+class _StopRequests:
+    """SIGTERM/SIGINT during training ask the loop to save and stop after the current step.
+
+    With several processes jax's preemption service agrees on the step instead (every host of a
+    preempted slice gets SIGTERM; ``multihost_utils.reached_preemption_sync_point``), so its own
+    SIGTERM handling stays in place. A second SIGINT interrupts at once (KeyboardInterrupt).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                if signum == signal.SIGTERM and jax.process_count() > 1:
+                    continue
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        logging.warning(
+            "%s received: saving a checkpoint after this step, then stopping",
+            signal.Signals(signum).name,
+        )
+
+    def stop_at(self, step: int) -> int | None:
+        """The signal to stop for at ``step``, or None to go on."""
+        if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+            return self.signum or signal.SIGTERM
+        return self.signum
+
+
 def loop(
     s: StageSetup,
     state: steps.TrainState,
@@ -350,20 +413,29 @@ def loop(
     )
     batches = _stage_batches(s, start_step)
     log = _IntervalLog(s, start_step, writer, batches)
-    for step in range(start_step + 1, s.num_steps + 1):
-        batch = parallel.to_global(next(batches), s.mesh)
-        state, metrics = train_step(state, s.teacher_vars, batch)
-        log.pending.append(metrics)
-        progress(step)
-        if step % config.log_every_steps == 0 or step == s.num_steps:
-            log.flush(step, ckpts.latest_step())
-        if step % config.checkpoint_every_steps == 0 or step == s.num_steps:
-            ckpts.save(step, state, {**meta, "step": step})
-            _write_json(timing_file, {"seconds": seconds_before + time.time() - t_start})
-        if config.eval_every_steps and step % config.eval_every_steps == 0 and step < s.num_steps:
-            m = validate(s, state)
-            writer.write_scalars(step, {"val_miou": m["miou"]})
-            ckpts.save_best(step, state, {**meta, "step": step}, m)
+    with _StopRequests() as stop:
+        for step in range(start_step + 1, s.num_steps + 1):
+            batch = parallel.to_global(next(batches), s.mesh)
+            state, metrics = train_step(state, s.teacher_vars, batch)
+            log.pending.append(metrics)
+            progress(step)
+            signum = stop.stop_at(step)
+            if step % config.log_every_steps == 0 or step == s.num_steps or signum:
+                log.flush(step, ckpts.latest_step())
+            if step % config.checkpoint_every_steps == 0 or step == s.num_steps or signum:
+                ckpts.save(step, state, {**meta, "step": step}, force=bool(signum))
+                _write_json(timing_file, {"seconds": seconds_before + time.time() - t_start})
+            if signum:
+                ckpts.wait()  # complete on disk before the process goes
+                raise Preempted(s.stage, step, signum)
+            if (
+                config.eval_every_steps
+                and step % config.eval_every_steps == 0
+                and step < s.num_steps
+            ):
+                m = validate(s, state)
+                writer.write_scalars(step, {"val_miou": m["miou"]})
+                ckpts.save_best(step, state, {**meta, "step": step}, m)
     train_seconds = seconds_before + time.time() - t_start
     _write_json(timing_file, {"seconds": train_seconds})
     return state, train_seconds

@@ -6,9 +6,11 @@ uninterrupted run.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -384,25 +386,41 @@ def _final_params(workdir: Path) -> dict:
     return saved_state(workdir / "student", STEPS)
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-    data_dir = tmp_path / "data"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-    # Uninterrupted reference run (also generates the synthetic data).
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted student run (it also generates the synthetic data): (data dir, params)."""
+    root = tmp_path_factory.mktemp("reference")
     subprocess.run(
-        _main_cmd(data_dir, tmp_path / "ref"),
+        _main_cmd(root / "data", root / "ref"),
         cwd=ROOT,
-        env=env,
+        env=ENV,
         check=True,
         timeout=600,
         capture_output=True,
     )
+    return root / "data", _final_params(root / "ref")
+
+
+def _assert_same_params(ref, workdir: Path) -> None:
+    got = _final_params(workdir)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(got), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, reference_run):
+    data_dir, ref = reference_run
     # Run, SIGKILL once a few checkpoints exist, then resume.
     work = tmp_path / "killed"
     proc = subprocess.Popen(
         _main_cmd(data_dir, work),
         cwd=ROOT,
-        env=env,
+        env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -420,12 +438,44 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert killed_at is not None and killed_at < STEPS, "the run finished before it was killed"
     assert proc.returncode == -signal.SIGKILL
     resumed = subprocess.run(
-        _main_cmd(data_dir, work), cwd=ROOT, env=env, timeout=600, capture_output=True, text=True
+        _main_cmd(data_dir, work), cwd=ROOT, env=ENV, timeout=600, capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step" in resumed.stderr
-    ref, got = _final_params(tmp_path / "ref"), _final_params(work)
-    for (path, a), b in zip(
-        jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(got), strict=True
-    ):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+    _assert_same_params(ref, work)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_exits_143_and_resumes_identically(tmp_path, reference_run):
+    data_dir, ref = reference_run
+    # Checkpoints only every 10 steps: the one at the signal's step is the preemption's own.
+    target = int(np.random.default_rng().integers(3, 9))  # a random step, not a multiple of 10
+    cmd = [*_main_cmd(data_dir, tmp_path / "work"), "--config.checkpoint_every_steps=10",
+           "--config.log_every_steps=1"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    watchdog = threading.Timer(600, proc.kill)  # never hang the suite on a stuck run
+    watchdog.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if f"[student] step {target}/" in line:
+                proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        watchdog.cancel()
+        proc.stdout.close()
+    log = "".join(lines)
+    assert proc.returncode == 143, log[-3000:]
+    match = re.search(r"SIGTERM received: checkpoint saved at step (\d+)", log)
+    assert match, log[-3000:]
+    stopped = int(match.group(1))
+    assert target <= stopped < STEPS and stopped % 10, stopped
+    ckpt_dir = tmp_path / "work" / "student" / checkpointing.LATEST_DIR
+    assert sorted(int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit())[-1] == stopped
+    resumed = subprocess.run(cmd, cwd=ROOT, env=ENV, timeout=600, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {stopped} of {STEPS}" in resumed.stderr
+    _assert_same_params(ref, tmp_path / "work")
