@@ -54,12 +54,12 @@ def get_dataset(data_config, *, need_files: bool = True):
         A ``data_pipelines.dataset.SegmentationDataset``.
 
     Raises:
-        ValueError: unknown ``data_config.name`` (the message lists the known names).
-        DataConfigError: invalid fields or data folder.
+        DataConfigError: unknown ``data_config.name`` (the message lists the known names),
+            invalid fields or data folder.
     """
     name = data_config.get("name") if hasattr(data_config, "get") else None
     if name not in _READERS:
-        raise ValueError(
+        raise DataConfigError(
             f"unknown dataset config.data.name = {name!r}; known datasets: {known_datasets()}"
         )
     module_name, cls_name = _READERS[name].split(":")

@@ -307,3 +307,33 @@ def inference_dataset(data_config: ml_collections.ConfigDict):
     if name in OFFICIAL_FRAME_HW:
         return dataset, tuple(OFFICIAL_FRAME_HW[name]), f"the official {name} frame size"
     return dataset, None, None
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Checks what every mode needs before anything is written: dataset, dtype, models.
+
+    Reads no data (the dataset root's layout is looked at, except for predict/export, which run
+    on other inputs) and builds no parameters.
+
+    Raises:
+      data_pipelines.DataConfigError: an unknown dataset, an invalid ``config.data`` field, or a
+        data_dir that is not the dataset's root.
+      ConfigError: an unknown dtype, or a teacher/student model name or argument that does not
+        exist (the message names the field).
+    """
+    # The data folder itself is checked too, except for jobs that run on other inputs.
+    need_files = config.get("mode") not in ("predict", "export")
+    info = data_pipelines.get_dataset(config.data, need_files=need_files).info
+    dtype = compute_dtype(config)
+    for role in ("teacher", "student"):
+        section = config[role]
+        if role == "teacher" and weights.is_torch_checkpoint(section.get("checkpoint")):
+            continue  # the model comes from the checkpoint's arch
+        build_model(
+            section.model,
+            model_kwargs(section),
+            info.num_classes,
+            dtype,
+            False,
+            f"config.{role}.model",
+        )

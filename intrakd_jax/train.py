@@ -177,6 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.mode not in MODES:
         raise ConfigError(f"config.mode={config.mode!r}; expected one of {MODES}")
     quiet_library_logs()
+    building.check_config(config)  # a bad config stops before anything lands in the workdir
     os.makedirs(workdir, exist_ok=True)
     if parallel.is_lead_process():
         with open(os.path.join(workdir, f"config_{config.mode}.json"), "w") as f:

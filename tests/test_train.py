@@ -328,11 +328,12 @@ def test_unknown_distill_tap_is_a_clear_error(pipeline_run, tmp_path):
         train.train_and_evaluate(cfg, str(tmp_path / "work"))
 
 
-def test_unknown_model_name_is_a_clear_error(tmp_path):
+def test_unknown_model_name_is_a_clear_error_before_anything_is_written(tmp_path):
     cfg = _smoke_config(tmp_path / "data", mode="student")
     cfg.student.model = "erfnett"
     with pytest.raises(ValueError, match=r"erfnett.*erfnet"):
         train.train_and_evaluate(cfg, str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists() and not (tmp_path / "data").exists()
 
 
 def test_real_config_without_data_dir_says_what_to_do(tmp_path):
@@ -340,6 +341,28 @@ def test_real_config_without_data_dir_says_what_to_do(tmp_path):
     cfg.mode = "student"
     with pytest.raises(ValueError, match=r"data_dir"):
         train.train_and_evaluate(cfg, str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()
+
+
+def test_main_reports_an_unknown_dataset_without_traceback_and_writes_nothing(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "main.py",
+            "--config=configs/llamas.py:smoke",
+            "--config.data.name=lamas",
+            f"--workdir={tmp_path / 'work'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "error: DataConfigError: unknown dataset config.data.name = 'lamas'" in proc.stderr
+    assert "known datasets: ['apolloscape', 'culane', 'llamas']" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "work").exists()
 
 
 def test_main_reports_config_errors_without_traceback(tmp_path):
