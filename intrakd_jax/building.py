@@ -282,24 +282,20 @@ def inference_dataset(data_config: ml_collections.ConfigDict):
     synthetic twin's ``image_wh``, else the benchmark's official frame size.
 
     Returns:
-      ``(dataset, frame_hw, frame_from)``: a reader serving ``info`` and ``options`` only, the
-      (height, width) or None, and where it came from (for logs and metadata).
+      ``(dataset, frame_hw, frame_from)``: the reader (serving at least ``info`` and
+      ``options``), the (height, width) or None, and where it came from (for logs and metadata).
     """
-    dataset = data_pipelines.get_dataset(data_config, need_files=False)
-    synthetic = data_config.get("synthetic")
-    is_synthetic = bool(synthetic is not None and synthetic.get("enabled"))
     data_dir = data_config.get("data_dir")
     if data_dir and os.path.isdir(data_dir) and os.listdir(data_dir):
         split = data_config.get("eval_split") or "valid"
         try:
             reader = data_pipelines.get_dataset(data_config)
-            return (
-                dataset,
-                tuple(reader.source_image_hw(split)),
-                f"the {split} frames in {data_dir}",
-            )
+            return reader, tuple(reader.source_image_hw(split)), f"the {split} frames in {data_dir}"
         except (data_pipelines.DataError, OSError, ValueError, IndexError, KeyError):
             pass
+    dataset = data_pipelines.get_dataset(data_config, need_files=False)
+    synthetic = data_config.get("synthetic")
+    is_synthetic = bool(synthetic is not None and synthetic.get("enabled"))
     if is_synthetic and synthetic.get("image_wh"):
         width, height = synthetic.image_wh
         return dataset, (int(height), int(width)), "the synthetic twin's image_wh"

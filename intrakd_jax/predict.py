@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from data_pipelines.formats import lines_txt
+from data_pipelines.formats import lines_txt, lists
 from data_pipelines.formats import llamas as llamas_format
 from data_pipelines.util import ProgressLogger
 from intrakd_jax import batch_eval, building, inference, parallel
@@ -77,14 +77,15 @@ def _is_image(path: str) -> bool:
 
 
 def _from_list(list_path: str) -> Inputs:
-    """A list file: the first token of each line, absolute or relative to the list's folder."""
+    """A list file: per line the whole line if it names a file, else its first column.
+
+    Paths are absolute or relative to the list's folder; ``#`` starts a comment.
+    """
     base = os.path.dirname(os.path.abspath(list_path))
-    files, skipped = [], []
-    try:
-        with open(list_path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config.predict.input: cannot read list file {list_path}: {e}") from None
+    log = lists.ProblemLog()
+    numbered = lists.read_list_lines(list_path, log, "one image path per line")
+    if log.problems:
+        raise ConfigError(f"config.predict.input: {log.problems[0].format()}")
 
     def resolve(entry: str) -> str:
         # CULane lists start paths with '/' relative to the dataset root.
@@ -92,7 +93,8 @@ def _from_list(list_path: str) -> Inputs:
             return entry
         return os.path.join(base, entry.lstrip("/"))
 
-    for line_no, line in enumerate(lines, start=1):
+    files, skipped = [], []
+    for line_no, line in numbered:
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
