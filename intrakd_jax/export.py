@@ -30,6 +30,7 @@ it with a model and its variables.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -274,6 +275,22 @@ def export_jax(fn: Callable, image_hw: Sequence[int], out_dir: str) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _absl_level_kept():
+    """Restores the absl logger's level after TensorFlow's saving code.
+
+    ``tf.saved_model.save`` sets absl's verbosity to FATAL and back to the *effective* level,
+    which pins the ``absl`` logger at WARNING: every later ``logging.info`` of the process
+    (training progress in a notebook, caplog in tests) would be dropped.
+    """
+    absl_logger = logging.get_absl_logger()
+    level = absl_logger.level
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
 def _tensorflow():
     """TensorFlow, kept off accelerators first (jax may hold them)."""
     hide_gpus_from_tf()
@@ -501,7 +518,8 @@ def export_model(
         start = time.perf_counter()
         logging.info("export: writing %s", fmt)
         try:
-            record = writers[fmt]()
+            with _absl_level_kept():
+                record = writers[fmt]()
         except Exception as e:  # one format failing must not lose the others
             failed[fmt] = _short(e, 4000)
             logging.warning("export: %s failed: %s", fmt, failed[fmt])
@@ -512,7 +530,8 @@ def export_model(
         logging.info("export: %s -> %s (%.1f s)", fmt, paths[fmt], record["seconds"])
     _write_json(meta_path, meta)
 
-    diffs = _check_artifacts(fn, paths, image_hw, tflite_batch) if check else {}
+    with _absl_level_kept():
+        diffs = _check_artifacts(fn, paths, image_hw, tflite_batch) if check else {}
     for fmt, diff in diffs.items():
         meta["artifacts"][fmt]["max_abs_diff"] = diff
         meta["artifacts"][fmt]["check_passed"] = diff <= CHECK_TOLERANCE

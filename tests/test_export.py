@@ -435,3 +435,35 @@ def test_multi_platform_lowering_falls_back_to_this_platform(monkeypatch):
     exported, error = export.lower_jax(lambda x: x * 2.0, (8, 8))
     assert exported.platforms == ("cpu",) and "no tpu lowering for this op" in error
     assert exported.in_avals[0].shape[1:] == (8, 8, 3)
+
+
+def test_export_leaves_absl_info_logging_on(tmp_path, caplog):
+    # TensorFlow's SavedModel writer pins absl's logger at WARNING; after an export in a notebook
+    # or job, training progress (logging.info) must still be shown.
+    from absl import logging as absl_logging
+
+    absl_logger = absl_logging.get_absl_logger()
+    before = absl_logger.level
+    absl_logger.setLevel(0)  # NOTSET, as in a fresh process
+    try:
+        model, variables = _model_and_variables()
+        meta = export.make_metadata(
+            model_name="erfnet",
+            class_names=CLASSES,
+            image_hw=HW,
+            mean_rgb=MEAN,
+            std_rgb=STD,
+            crop_top=7,
+            source_hw=(40, 96),
+            dataset="llamas",
+            model_kwargs=KWARGS,
+            checkpoint=None,
+        )
+        summary = export.export_model(model, variables, meta, str(tmp_path), "savedmodel,tflite")
+        assert summary["failed"] == {}
+        assert absl_logger.level == 0
+        caplog.set_level("INFO")
+        absl_logging.info("still shown")
+        assert "still shown" in [r.getMessage() for r in caplog.records]
+    finally:
+        absl_logger.setLevel(before)
