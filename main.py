@@ -57,8 +57,8 @@ def main(argv):
         logging.warning("%s", e)
         print(f"stopped: {e}", file=sys.stderr)
         raise SystemExit(e.exit_status) from None
-    except train.USER_ERRORS as e:
-        # Known input/config problems: a clear one-paragraph message, not a traceback.
+    except (*train.USER_ERRORS, stage.NonFiniteLoss) as e:
+        # Known input/config problems and a diverged loss: one clear paragraph, no traceback.
         logging.error("%s: %s", type(e).__name__, e)
         raise SystemExit(f"error: {type(e).__name__}: {e}") from None
 

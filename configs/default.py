@@ -119,6 +119,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 1e-4
     c.optim.poly_power = 0.9
     c.optim.clip_grad_norm = 0.0  # 0 = off (official); e.g. 10 tames early IntRA-KD spikes
+    # A NaN/inf loss or gradient: 0 = stop the stage (the last good checkpoint is kept, the
+    # report <stage>/nonfinite.json names the step and term); N = skip up to N such updates.
+    c.optim.skip_nonfinite_steps = 0
 
     # Distillation (the distill stage): CE + sum of weight * term over the enabled terms
     # (intrakd_jax/losses/terms.py; METHOD.md sections 2 and 4). terms: any of intra_kd, kd, at,

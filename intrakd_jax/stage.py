@@ -17,6 +17,7 @@ function of the seed and the step), so the stages differ only in their loss.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -259,27 +260,130 @@ def validate(s: StageSetup, state: steps.TrainState) -> dict:
     )
 
 
-class _IntervalLog:
-    """Averages the step metrics of each logging interval: one host sync per interval."""
+class NonFiniteLoss(Exception):  # noqa: N818 -- named for what the user sees
+    """The loss or a gradient went NaN/inf; the stage stopped before saving that state.
 
-    def __init__(self, s: StageSetup, start_step: int, writer, batches) -> None:
-        self.s, self.writer, self.batches = s, writer, batches
-        self.pending: list[dict[str, jax.Array]] = []
+    The newest checkpoint is the last one saved before the bad step, untouched. Attributes:
+    ``step`` (the first non-finite step), ``report_path`` (``nonfinite.json`` in the stage
+    directory: the step, its values, the last finite step's values, the skipped steps).
+    """
+
+    def __init__(self, message: str, step: int, report_path: str):
+        """Records the message, the step and where the report is."""
+        super().__init__(message)
+        self.step, self.report_path = step, report_path
+
+
+def _format_values(values: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.6g}" for k, v in values.items())
+
+
+class _IntervalLog:
+    """Step metrics: checked for non-finite values, averaged per logging interval.
+
+    The metrics stay on device until ``check`` (before every checkpoint, validation and log
+    line) fetches them: one host sync per interval, and no state of a non-finite step is ever
+    saved. With ``max_skips`` > 0 the step function skips non-finite updates and this counts them.
+    """
+
+    def __init__(self, s: StageSetup, start_step: int, writer, batches, max_skips: int) -> None:
+        self.s, self.writer, self.batches, self.max_skips = s, writer, batches, max_skips
+        self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+        self.checked: list[dict[str, float]] = []  # finite steps since the last log line
+        self.last_finite: tuple[int, dict[str, float]] | None = None
+        self.skipped: list[int] = []  # non-finite steps skipped in this run
         self.t_log, self.step_at_log = time.time(), start_step
 
-    def flush(self, step: int, last_good_step: int | None) -> None:
-        """Writes the interval's means; raises FloatingPointError on a non-finite loss."""
-        host = jax.device_get(self.pending)
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        """Queues one step's (device) metrics."""
+        self.pending.append((step, metrics))
+
+    def check(self, last_good_step: int | None) -> None:
+        """Fetches the queued metrics; raises NonFiniteLoss at a non-finite step not skipped."""
+        if not self.pending:
+            return
+        host = jax.device_get([m for _, m in self.pending])
+        steps_ = [step for step, _ in self.pending]
         self.pending = []
-        scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        for step, raw in zip(steps_, host, strict=True):
+            values = {k: float(v) for k, v in raw.items()}
+            nonfinite = values.pop("nonfinite", 0.0) > 0 or not all(
+                np.isfinite(v) for v in values.values()
+            )
+            if not nonfinite:
+                self.checked.append(values)
+                self.last_finite = (step, values)
+                continue
+            if len(self.skipped) < self.max_skips:
+                self.skipped.append(step)
+                logging.warning(
+                    "[%s] step %d: non-finite %s; update skipped (%d of at most %d, "
+                    "config.optim.skip_nonfinite_steps)",
+                    self.s.stage,
+                    step,
+                    ", ".join(k for k, v in values.items() if not np.isfinite(v)) or "gradient",
+                    len(self.skipped),
+                    self.max_skips,
+                )
+                continue
+            raise self._stop(step, values, last_good_step)
+
+    def _stop(self, step: int, values: dict[str, float], last_good_step: int | None):
+        bad = [k for k, v in values.items() if not np.isfinite(v)]
+        # Name the terms first: "loss" and "grad_norm" only follow from them.
+        terms_ = [k for k in bad if k not in ("loss", "grad_norm")]
+        what = ", ".join(terms_) if terms_ else ("loss" if "loss" in bad else "gradient")
+        path = os.path.join(self.s.stage_dir, "nonfinite.json")
+        _write_json(
+            path,
+            {
+                "stage": self.s.stage,
+                "step": step,
+                "nonfinite": bad,
+                "values": {k: str(v) if not np.isfinite(v) else v for k, v in values.items()},
+                "last_finite_step": self.last_finite[0] if self.last_finite else None,
+                "last_finite_values": self.last_finite[1] if self.last_finite else None,
+                "last_good_checkpoint": last_good_step,
+                "skipped_steps": self.skipped,
+                "max_skips": self.max_skips,
+            },
+        )
+        last = (
+            f"last finite step {self.last_finite[0]}: {_format_values(self.last_finite[1])}"
+            if self.last_finite
+            else "no finite step in this run"
+        )
+        skipped = (
+            f" after skipping {len(self.skipped)} (steps {self.skipped}, the cap)"
+            if self.skipped
+            else ""
+        )
+        kept = (
+            f"the newest checkpoint (step {last_good_step}) is from before it and is kept"
+            if last_good_step is not None
+            else "no checkpoint was saved"
+        )
+        return NonFiniteLoss(
+            f"[{self.s.stage}] non-finite {what} at step {step}{skipped} "
+            f"({_format_values(values)}); {last}; {kept}; report {path}. Lower the learning "
+            "rate or set config.optim.clip_grad_norm, check the data (config.mode=check_data), "
+            "or let config.optim.skip_nonfinite_steps=N skip up to N such steps",
+            step,
+            path,
+        )
+
+    def flush(self, step: int, last_good_step: int | None) -> None:
+        """Checks the queued metrics, then writes the interval's means (finite steps only)."""
+        self.check(last_good_step)
+        scalars = {}
+        if self.checked:
+            scalars = {k: float(np.mean([m[k] for m in self.checked])) for k in self.checked[0]}
+        self.checked = []
         if getattr(self.batches, "num_skipped", 0):  # config.data.skip_corrupt
             scalars["skipped_corrupt"] = float(self.batches.num_skipped)
+        if self.skipped:
+            scalars["skipped_nonfinite"] = float(len(self.skipped))
         stage, num_steps = self.s.stage, self.s.num_steps
-        if not np.isfinite(scalars["loss"]):
-            raise FloatingPointError(
-                f"[{stage}] loss is {scalars['loss']} at step {step}; "
-                f"last good checkpoint: {last_good_step}"
-            )
         now = time.time()
         rate = (step - self.step_at_log) / max(now - self.t_log, 1e-9)
         self.t_log, self.step_at_log = now, step
@@ -384,8 +488,15 @@ def loop(
     meta: dict,
     writer: metric_writers.MetricWriter,
 ) -> tuple[steps.TrainState, float]:
-    """Trains from the state's step to ``num_steps``; returns the state and the seconds spent."""
+    """Trains from the state's step to ``num_steps``; returns the state and the seconds spent.
+
+    Raises:
+      Preempted: SIGTERM/SIGINT; a checkpoint of the current step was saved.
+      NonFiniteLoss: a non-finite loss or gradient (beyond ``config.optim.skip_nonfinite_steps``
+        skipped ones); nothing after the last good checkpoint was saved.
+    """
     config = s.config
+    max_skips = _max_nonfinite_skips(config)
     start_step = int(jax.device_get(state.step))
     if start_step == 0:
         writer.write_hparams(
@@ -410,19 +521,21 @@ def loop(
         info.ignore_label,
         teacher=s.teacher,
         distill=s.distill,
+        skip_nonfinite=max_skips > 0,
     )
     batches = _stage_batches(s, start_step)
-    log = _IntervalLog(s, start_step, writer, batches)
-    with _StopRequests() as stop:
+    log = _IntervalLog(s, start_step, writer, batches, max_skips)
+    with _StopRequests() as stop, _waiting_on_error(ckpts):
         for step in range(start_step + 1, s.num_steps + 1):
             batch = parallel.to_global(next(batches), s.mesh)
             state, metrics = train_step(state, s.teacher_vars, batch)
-            log.pending.append(metrics)
+            log.add(step, metrics)
             progress(step)
             signum = stop.stop_at(step)
             if step % config.log_every_steps == 0 or step == s.num_steps or signum:
                 log.flush(step, ckpts.latest_step())
             if step % config.checkpoint_every_steps == 0 or step == s.num_steps or signum:
+                log.check(ckpts.latest_step())  # never save the state of a non-finite step
                 ckpts.save(step, state, {**meta, "step": step}, force=bool(signum))
                 _write_json(timing_file, {"seconds": seconds_before + time.time() - t_start})
             if signum:
@@ -433,12 +546,38 @@ def loop(
                 and step % config.eval_every_steps == 0
                 and step < s.num_steps
             ):
+                log.check(ckpts.latest_step())
                 m = validate(s, state)
                 writer.write_scalars(step, {"val_miou": m["miou"]})
                 ckpts.save_best(step, state, {**meta, "step": step}, m)
     train_seconds = seconds_before + time.time() - t_start
     _write_json(timing_file, {"seconds": train_seconds})
     return state, train_seconds
+
+
+def _max_nonfinite_skips(config: ml_collections.ConfigDict) -> int:
+    value = config.optim.get("skip_nonfinite_steps", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"config.optim.skip_nonfinite_steps={value!r}; expected an int >= 0 (0: stop at the "
+            "first non-finite loss or gradient; N: skip up to N such steps per run)"
+        )
+    return value
+
+
+@contextlib.contextmanager
+def _waiting_on_error(ckpts: checkpointing.StageCheckpoints) -> Iterator[None]:
+    """On an error, lets the checkpoint save in flight complete before the error propagates."""
+    try:
+        yield
+    except Preempted:
+        raise
+    except Exception:
+        try:
+            ckpts.wait()
+        except Exception as e:  # the first error is the one to report
+            logging.warning("the checkpoint save in flight failed too: %s", e)
+        raise
 
 
 def finish(

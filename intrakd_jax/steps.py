@@ -93,6 +93,7 @@ def make_train_step(
     ignore_label: int = 255,
     teacher: nn.Module | None = None,
     distill: DistillSpec | None = None,
+    skip_nonfinite: bool = False,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """Builds ``step(state, teacher_vars, batch) -> (state, metrics)``, jitted, state donated.
 
@@ -111,11 +112,15 @@ def make_train_step(
         unused.
       distill: the distillation terms (``losses.terms.distill_spec_from_config``); None or no
         terms: plain training.
+      skip_nonfinite: a step whose loss or gradient is not finite leaves parameters, BatchNorm
+        statistics and optimiser state as they were (the step counter still advances, so the
+        data order is unchanged); False: the update is applied whatever it holds.
 
     Returns:
       The jitted step. ``teacher_vars`` is ignored (pass ``{}`` or None) when no term needs the
       teacher. Metrics are replicated scalars: ``ce``, each term's unweighted value by name,
-      ``loss`` (CE + weighted terms) and ``grad_norm``.
+      ``loss`` (CE + weighted terms), ``grad_norm`` and ``nonfinite`` (1.0 when the loss or a
+      gradient was NaN or infinite, else 0.0).
 
     Raises:
       ValueError: a term needs the teacher and ``teacher`` is None.
@@ -177,8 +182,16 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
+        # The norm is NaN/inf when any gradient element is; the gradients are already summed over
+        # the data axis, so every device takes the same decision.
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+        new = (params, batch_stats, opt_state)
+        if skip_nonfinite:
+            old = (state.params, state.batch_stats, state.opt_state)
+            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         new_state = state.replace(
-            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+            step=state.step + 1, params=new[0], batch_stats=new[1], opt_state=new[2]
         )
         return new_state, metrics
 

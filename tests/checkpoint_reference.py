@@ -12,8 +12,20 @@ import orbax.checkpoint as ocp
 from intrakd_jax import checkpointing
 
 
-def saved_state(stage_dir: Path, step: int) -> dict:
-    """The ``state`` item saved at ``step`` in ``<stage_dir>/checkpoints`` (the newest save)."""
+def saved_steps(stage_dir: Path) -> list[int]:
+    """The steps of the complete checkpoints in ``<stage_dir>/checkpoints``, oldest first."""
+    directory = Path(stage_dir) / checkpointing.LATEST_DIR
+    with ocp.CheckpointManager(
+        str(directory), options=ocp.CheckpointManagerOptions(create=False)
+    ) as mngr:
+        return sorted(mngr.all_steps())
+
+
+def saved_state(stage_dir: Path, step: int, newest: bool = True) -> dict:
+    """The ``state`` item saved at ``step`` in ``<stage_dir>/checkpoints``.
+
+    ``newest``: also assert that ``step`` is the newest checkpoint there.
+    """
     directory = Path(stage_dir) / checkpointing.LATEST_DIR
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.CheckpointManager(
@@ -21,7 +33,7 @@ def saved_state(stage_dir: Path, step: int) -> dict:
         item_handlers={"state": ocp.PyTreeCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(create=False),
     ) as mngr:
-        assert mngr.latest_step() == step
+        assert not newest or mngr.latest_step() == step, mngr.all_steps()
         tree = mngr.item_metadata(step)["state"].tree
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree

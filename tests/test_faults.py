@@ -1,0 +1,162 @@
+"""Faults a long training job meets: a loss that turns NaN, a full disk, an unwritable workdir.
+
+Each test injects the fault into a real (tiny) student stage and checks what the user is left
+with: a clear error naming where and what, the newest checkpoint complete and from before the
+fault, and a resume that reaches the same parameters as a run that never met it. The
+reference is an uninterrupted run in this process; results are compared bit for bit.
+"""
+
+import errno
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from checkpoint_reference import saved_state, saved_steps
+
+from configs import llamas as llamas_config
+from intrakd_jax import checkpointing, stage, train
+from intrakd_jax.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 12
+
+
+def _config(data_dir: Path, **overrides):
+    c = llamas_config.get_config("smoke")
+    c.data.data_dir = str(data_dir)
+    c.mode = "student"
+    c.student.num_train_steps = STEPS
+    c.checkpoint_every_steps = 1
+    c.max_checkpoints_to_keep = STEPS + 1
+    c.log_every_steps = 4
+    c.update_from_flattened_dict(overrides)
+    return c
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run (it also writes the synthetic data): (data dir, stage dir)."""
+    root = tmp_path_factory.mktemp("reference")
+    train.train_and_evaluate(_config(root / "data"), str(root / "work"))
+    return root / "data", root / "work" / "student"
+
+
+def _assert_same(a, b) -> None:
+    for (path, x), y in zip(
+        jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+
+
+def _poison(monkeypatch, bad_steps) -> None:
+    """Training images of ``bad_steps`` (1-based global steps) become NaN."""
+    original = stage._stage_batches
+
+    def poisoned(s, start_step):
+        batches = original(s, start_step)
+        for step in itertools.count(start_step + 1):
+            batch = next(batches)
+            if step in bad_steps:
+                batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+            yield batch
+
+    monkeypatch.setattr(stage, "_stage_batches", poisoned)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad numbers
+# ----------------------------------------------------------------------------------------------
+
+
+def test_nonfinite_loss_stops_keeps_the_last_good_checkpoint_and_resumes(
+    reference, tmp_path, monkeypatch
+):
+    data_dir, ref_dir = reference
+    work = tmp_path / "work"
+    # Checkpoints every 3 steps, log lines every 4: the NaN of step 7 is found before the save
+    # of step 9, so the newest checkpoint stays step 6.
+    config = _config(data_dir, checkpoint_every_steps=3)
+    _poison(monkeypatch, {7})
+    with pytest.raises(stage.NonFiniteLoss) as info:
+        train.train_and_evaluate(config, str(work))
+    message = str(info.value)
+    assert info.value.step == 7
+    assert "non-finite ce at step 7" in message
+    assert "last finite step 6" in message and "newest checkpoint (step 6)" in message
+    report = json.loads((work / "student" / "nonfinite.json").read_text())
+    assert report["step"] == 7 and report["last_good_checkpoint"] == 6
+    assert {"ce", "loss", "grad_norm"} <= set(report["nonfinite"])
+    assert report["last_finite_step"] == 6
+    assert all(np.isfinite(v) for v in report["last_finite_values"].values())
+    assert saved_steps(work / "student") == [3, 6]
+    _assert_same(saved_state(ref_dir, 6, newest=False), saved_state(work / "student", 6))
+
+    monkeypatch.undo()  # the data is fine again: the same command resumes from step 6
+    train.train_and_evaluate(config, str(work))
+    _assert_same(saved_state(ref_dir, STEPS), saved_state(work / "student", STEPS))
+
+
+def test_skipped_nonfinite_steps_leave_the_state_and_are_capped(reference, tmp_path, monkeypatch):
+    data_dir, ref_dir = reference
+    work = tmp_path / "work"
+    config = _config(data_dir, **{"optim.skip_nonfinite_steps": 2})
+    _poison(monkeypatch, {4, 8, 10})
+    with pytest.raises(stage.NonFiniteLoss) as info:
+        train.train_and_evaluate(config, str(work))
+    assert info.value.step == 10
+    assert "after skipping 2 (steps [4, 8], the cap)" in str(info.value)
+    stage_dir = work / "student"
+    assert saved_steps(stage_dir)[-1] == 9
+    # A skipped step changes nothing but the step counter.
+    before, skipped = (saved_state(stage_dir, k, newest=False) for k in (3, 4))
+    assert int(skipped["step"]) == 4
+    _assert_same({k: v for k, v in before.items() if k != "step"},
+                 {k: v for k, v in skipped.items() if k != "step"})  # fmt: skip
+    # Steps before the first bad one are the reference's; the next real update differs.
+    _assert_same(saved_state(ref_dir, 3, newest=False), before)
+    after = saved_state(stage_dir, 5, newest=False)
+    assert not np.array_equal(
+        jax.tree.leaves(after["params"])[0], jax.tree.leaves(skipped["params"])[0]
+    )
+    report = json.loads((stage_dir / "nonfinite.json").read_text())
+    assert report["skipped_steps"] == [4, 8] and report["max_skips"] == 2
+
+
+@pytest.mark.parametrize("value", [-1, True])
+def test_skip_nonfinite_steps_must_be_a_count(reference, tmp_path, value):
+    config = _config(reference[0], **{"optim.skip_nonfinite_steps": 0})
+    config.optim.skip_nonfinite_steps = value  # the config types reject floats and strings
+    with pytest.raises(ConfigError, match="skip_nonfinite_steps"):
+        train.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+def test_diverging_run_exits_with_one_clear_message(reference, tmp_path):
+    # A learning rate of 1e30 overflows the parameters at once: a real divergence, through main.py.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "main.py",
+            "--config=configs/llamas.py:smoke",
+            "--config.mode=student",
+            f"--config.data.data_dir={reference[0]}",
+            "--config.student.learning_rate=1e30",
+            "--config.student.num_train_steps=6",
+            f"--workdir={tmp_path / 'work'}",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: NonFiniteLoss: [student] non-finite"), last
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "work" / "student" / "nonfinite.json").exists()
