@@ -11,14 +11,18 @@ run killed mid-save resumes from the previous complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from intrakd_jax.errors import StorageError
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -35,10 +39,42 @@ def _manager(path: str, max_to_keep: int, best_metric: str | None) -> ocp.Checkp
         best_fn=(lambda m: m[best_metric]) if best_metric else None,
         best_mode="max",
         keep_checkpoints_without_metrics=best_metric is None,
+        # A save cut short (SIGKILL, full disk) leaves a *.orbax-checkpoint-tmp folder, never
+        # read as a checkpoint; the next run removes it.
+        cleanup_tmp_directories=True,
     )
     return ocp.CheckpointManager(
         os.path.abspath(path), options=options, item_names=("state", "meta")
     )
+
+
+# What orbax and tensorstore say when the storage refuses a write (their errors are ValueErrors
+# with the OS error in the text, raised at the next save or wait).
+_IO_MARKERS = (
+    "RESOURCE_EXHAUSTED",
+    "No space left",
+    "Read-only file system",
+    "Permission denied",
+    "Disk quota",
+    "File too large",
+    "os_error_code",
+)
+# OS errors that mean "this place cannot be written", as opposed to a missing input.
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+)
+
+
+def is_storage_failure(e: BaseException) -> bool:
+    """True when ``e`` is the storage refusing a write (full, read-only, no permission)."""
+    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+        return True
+    return isinstance(e, OSError | ValueError) and any(m in str(e) for m in _IO_MARKERS)
+
+
+def _last_line(e: BaseException) -> str:
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 class StageCheckpoints:
@@ -60,29 +96,59 @@ class StageCheckpoints:
         """The step of the newest complete periodic checkpoint, or None."""
         return self.latest.latest_step()
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turns a refused write (full disk, read-only) into a StorageError that says what is kept.
+
+        Orbax writes into a temporary folder and renames it when complete, so the newest
+        complete checkpoint is never the half-written one.
+        """
+        try:
+            yield
+        except Exception as e:
+            if not is_storage_failure(e):
+                raise
+            newest = self.latest.latest_step()
+            kept = (
+                f"the newest complete checkpoint is step {newest}, kept"
+                if newest is not None
+                else "no complete checkpoint was written yet"
+            )
+            raise StorageError(
+                f"could not write a checkpoint under {self.stage_dir}: {_last_line(e)}; {kept}. "
+                "Free space (df -h) or use another --workdir, then run the same command again "
+                "to resume"
+            ) from e
+
     def save(self, step: int, state: Any, meta: Mapping[str, Any], force: bool = False) -> None:
-        """Saves a periodic checkpoint (asynchronously)."""
-        self.latest.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
-            ),
-            force=force,
-        )
+        """Saves a periodic checkpoint (asynchronously).
+
+        Raises:
+          StorageError: this or the previous (asynchronous) save could not be written.
+        """
+        with self._writing():
+            self.latest.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
+                ),
+                force=force,
+            )
 
     def save_best(self, step: int, state: Any, meta: Mapping[str, Any], metrics: dict) -> None:
         """Offers a validated state to ``best/``; orbax keeps it only if it ranks best."""
         value = metrics.get(self.best_metric)
         if value is None or not np.isfinite(value) or step in self.best.all_steps():
             return
-        self.best.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
-            ),
-            metrics={self.best_metric: float(value)},
-            force=True,
-        )
+        with self._writing():
+            self.best.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
+                ),
+                metrics={self.best_metric: float(value)},
+                force=True,
+            )
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
         """Restores the newest periodic checkpoint into ``abstract_state``'s structure/shardings."""
@@ -98,14 +164,16 @@ class StageCheckpoints:
         return restored["state"], dict(restored["meta"])
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        """Blocks until pending asynchronous saves are on disk (StorageError if one failed)."""
+        with self._writing():
+            self.latest.wait_until_finished()
+            self.best.wait_until_finished()
 
     def close(self) -> None:
-        """Finishes pending saves and releases the managers."""
-        self.latest.close()
-        self.best.close()
+        """Finishes pending saves and releases the managers (StorageError if a save failed)."""
+        with self._writing():
+            self.latest.close()
+            self.best.close()
 
 
 def find_checkpoint(path: str) -> tuple[str, int]:

@@ -46,7 +46,7 @@ from intrakd_jax import (
     steps,
     weights,
 )
-from intrakd_jax.errors import ConfigError
+from intrakd_jax.errors import ConfigError, StorageError
 from intrakd_jax.evaluation import report, visualize
 from intrakd_jax.losses import terms
 
@@ -570,7 +570,7 @@ def _waiting_on_error(ckpts: checkpointing.StageCheckpoints) -> Iterator[None]:
     """On an error, lets the checkpoint save in flight complete before the error propagates."""
     try:
         yield
-    except Preempted:
+    except (Preempted, StorageError):  # saved already / the saves are what failed
         raise
     except Exception:
         try:

@@ -21,8 +21,11 @@ trained again. The data position is the step: the input pipeline is a pure funct
 
 from __future__ import annotations
 
+import contextlib
 import logging as logging_std
 import os
+import tempfile
+from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
@@ -30,15 +33,16 @@ from absl import logging
 
 import data_pipelines
 from data_pipelines import check
+from data_pipelines.util import write_file_atomic
 from intrakd_jax import batch_eval, building, checkpointing, explain, export, parallel, predict
-from intrakd_jax.errors import ConfigError
+from intrakd_jax.errors import ConfigError, StorageError
 from intrakd_jax.evaluation import report, visualize
 from intrakd_jax.stage import STAGES, example_rows, train_stage
 
 MODES = (*STAGES, "evaluate", "pipeline", "check_data", "predict", "export", "explain")
 
 # Problems with the user's input (config, data, checkpoints): reported as one clear message.
-USER_ERRORS = (ConfigError, checkpointing.CheckpointError, data_pipelines.DataError)
+USER_ERRORS = (ConfigError, checkpointing.CheckpointError, data_pipelines.DataError, StorageError)
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -178,10 +182,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ConfigError(f"config.mode={config.mode!r}; expected one of {MODES}")
     quiet_library_logs()
     building.check_config(config)  # a bad config stops before anything lands in the workdir
-    os.makedirs(workdir, exist_ok=True)
-    if parallel.is_lead_process():
-        with open(os.path.join(workdir, f"config_{config.mode}.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    with _storage_errors():
+        _check_workdir(workdir)
+        if parallel.is_lead_process():
+            write_file_atomic(
+                os.path.join(workdir, f"config_{config.mode}.json"),
+                config.to_json_best_effort(indent=2).encode("utf-8"),
+            )
+        return _run_mode(config, workdir)
+
+
+def _check_workdir(workdir: str) -> None:
+    """Creates ``workdir`` and writes a probe file there.
+
+    Raises:
+      StorageError: it cannot be created or written (a file in the way, read-only, no permission).
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        raise StorageError(
+            f"--workdir={workdir} is not writable: {e.strerror or e} "
+            f"({e.filename or workdir}); choose a writable place"
+        ) from None
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    """A write the storage refuses (full disk, read-only) becomes a StorageError naming the file."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as e:
+        if e.errno not in checkpointing.STORAGE_ERRNOS:
+            raise
+        raise StorageError(
+            f"could not write {e.filename or 'a file'}: {e.strerror}. Completed stages and "
+            "checkpoints are kept; free space (df -h) or fix the permissions, then run the same "
+            "command again to resume"
+        ) from e
+
+
+def _run_mode(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.mode == "check_data":
         return check_data(config, workdir)
     if config.mode == "pipeline":

@@ -6,6 +6,7 @@ fault, and a resume that reaches the same parameters as a run that never met it.
 reference is an uninterrupted run in this process; results are compared bit for bit.
 """
 
+import contextlib
 import errno
 import itertools
 import json
@@ -21,7 +22,8 @@ from checkpoint_reference import saved_state, saved_steps
 
 from configs import llamas as llamas_config
 from intrakd_jax import checkpointing, stage, train
-from intrakd_jax.errors import ConfigError
+from intrakd_jax.errors import ConfigError, StorageError
+from intrakd_jax.evaluation import report
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -160,3 +162,108 @@ def test_diverging_run_exits_with_one_clear_message(reference, tmp_path):
     assert last.startswith("error: NonFiniteLoss: [student] non-finite"), last
     assert "Traceback" not in proc.stderr
     assert (tmp_path / "work" / "student" / "nonfinite.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Storage faults: a real small (or read-only) tmpfs as the workdir
+# ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str):
+    """A tmpfs mounted at ``path`` (needs root, as in CI); unmounted afterwards."""
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if proc.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_disk_full_during_a_checkpoint_save_is_clear_and_the_run_resumes(reference, tmp_path):
+    data_dir, ref_dir = reference
+    # ~1 MB a checkpoint, all kept: the 6 MB disk fills a few steps in.
+    with _tmpfs(tmp_path / "disk", "size=6m") as disk:
+        work = disk / "work"
+        config = _config(data_dir)
+        with pytest.raises(StorageError) as info:
+            train.train_and_evaluate(config, str(work))
+        message = str(info.value)
+        stage_dir = work / "student"
+        complete = saved_steps(stage_dir)
+        assert complete and complete[-1] < STEPS, complete
+        assert f"could not write a checkpoint under {stage_dir}" in message
+        assert "No space left on device" in message
+        assert f"the newest complete checkpoint is step {complete[-1]}, kept" in message
+        # The newest complete checkpoint is intact and is the reference's state of that step.
+        _assert_same(saved_state(ref_dir, complete[-1], newest=False),
+                     saved_state(stage_dir, complete[-1]))  # fmt: skip
+        half = list((stage_dir / checkpointing.LATEST_DIR).glob("*.orbax-checkpoint-tmp*"))
+
+        # More space, the same command: it resumes from that checkpoint and ends where an
+        # uninterrupted run ends; the half-written save is gone.
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        train.train_and_evaluate(config, str(work))
+        _assert_same(saved_state(ref_dir, STEPS), saved_state(stage_dir, STEPS))
+        assert half and not any(p.exists() for p in half)
+        assert (stage_dir / "eval_valid.json").exists()
+
+
+def test_disk_full_during_a_report_write_leaves_no_partial_file(tmp_path):
+    with _tmpfs(tmp_path / "disk", "size=64k") as disk:
+        (disk / "filler").write_bytes(b"\0" * 60 * 1024)
+        target = disk / "eval_valid.json"
+        with pytest.raises(OSError) as info:
+            report.write_json(target, {"values": list(range(20000))})
+        assert info.value.errno == errno.ENOSPC
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no half file, no temp
+
+
+def test_disk_full_at_the_final_report_is_clear_and_the_rerun_finishes(
+    reference, tmp_path, monkeypatch
+):
+    data_dir, ref_dir = reference
+    work = tmp_path / "work"
+    config = _config(data_dir)
+    real = stage.report.write_report
+
+    def full(out_dir, name, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(out_dir, name))
+
+    monkeypatch.setattr(stage.report, "write_report", full)
+    with pytest.raises(StorageError, match=r"could not write .*eval_valid: No space left"):
+        train.train_and_evaluate(config, str(work))
+    # Every step is in the final checkpoint; the rerun only evaluates and writes the report.
+    assert saved_steps(work / "student")[-1] == STEPS
+    monkeypatch.setattr(stage.report, "write_report", real)
+    train.train_and_evaluate(config, str(work))
+    assert (work / "student" / "eval_valid.json").exists()
+    _assert_same(saved_state(ref_dir, STEPS), saved_state(work / "student", STEPS))
+
+
+def test_unwritable_workdir_is_a_clear_error_before_anything_runs(reference, tmp_path):
+    config = _config(reference[0])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError, match=r"--workdir=.*a_file/work is not writable: Not a direc"):
+        train.train_and_evaluate(config, str(blocker / "work"))
+    with _tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        with pytest.raises(StorageError, match=r"is not writable: Read-only file system"):
+            train.train_and_evaluate(config, str(ro / "work"))
+
+
+def test_main_reports_a_storage_error_in_one_line(reference, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = subprocess.run(
+        [sys.executable, "main.py", "--config=configs/llamas.py:smoke", "--config.mode=student",
+         f"--config.data.data_dir={reference[0]}", f"--workdir={blocker / 'work'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: StorageError: --workdir=")
+    assert "Traceback" not in proc.stderr
