@@ -150,6 +150,14 @@ class StageCheckpoints:
                 force=True,
             )
 
+    def latest_meta(self) -> dict | None:
+        """The metadata of the newest periodic checkpoint (no arrays read), or None."""
+        step = self.latest.latest_step()
+        if step is None:
+            return None
+        restored = self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
         """Restores the newest periodic checkpoint into ``abstract_state``'s structure/shardings."""
         step = self.latest.latest_step()

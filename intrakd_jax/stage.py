@@ -189,6 +189,17 @@ def resume(s: StageSetup) -> tuple[steps.TrainState, checkpointing.StageCheckpoi
     ckpts = checkpointing.StageCheckpoints(
         s.stage_dir, max_to_keep=s.config.max_checkpoints_to_keep
     )
+    found = ckpts.latest_meta()
+    if found is not None:
+        # Checked before any array is read: a changed model is a clear error, not a shape error.
+        where, fix = f"{s.stage_dir}/checkpoints", "use another --workdir or restore the config"
+        building.check_checkpoint_model(found, _model_config(s.config, s.stage), where, fix)
+        have, want = found.get("num_classes"), s.dataset.info.num_classes
+        if have is not None and have != want:
+            raise checkpointing.CheckpointError(
+                f"{where} holds a {have}-class {found.get('model')}, but the config asks for "
+                f"{want} classes ({s.dataset.info.name}); {fix}"
+            )
     restored = ckpts.restore_latest(abstract_state)
     if restored is None:
         state = steps.run_once(init, key, out_shardings=rep)
@@ -196,13 +207,7 @@ def resume(s: StageSetup) -> tuple[steps.TrainState, checkpointing.StageCheckpoi
             return init_from_checkpoint(s, state), ckpts
         logging.info("[%s] starting from scratch (%d steps)", s.stage, s.num_steps)
         return state, ckpts
-    state, meta = restored
-    building.check_checkpoint_model(
-        meta,
-        _model_config(s.config, s.stage),
-        f"{s.stage_dir}/checkpoints",
-        "use another --workdir or restore the config",
-    )
+    state, _ = restored
     logging.info("[%s] resumed from step %d of %d", s.stage, int(state.step), s.num_steps)
     return state, ckpts
 
@@ -522,6 +527,14 @@ def loop(
         teacher=s.teacher,
         distill=s.distill,
         skip_nonfinite=max_skips > 0,
+    )
+    logging.info(
+        "[%s] %d %s device(s), global batch %d (%d per device)",
+        s.stage,
+        s.mesh.size,
+        s.mesh.devices.flat[0].platform,
+        config.batch_size,
+        config.batch_size // s.mesh.size,
     )
     batches = _stage_batches(s, start_step)
     log = _IntervalLog(s, start_step, writer, batches, max_skips)

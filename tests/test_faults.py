@@ -11,6 +11,7 @@ import errno
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -267,3 +268,32 @@ def test_main_reports_a_storage_error_in_one_line(reference, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: StorageError: --workdir=")
     assert "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Changed hardware is tested in tests/test_train.py (4 -> 2 -> 1 devices); a changed model is not
+# resumable and says so
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"student.model_kwargs.erfnet.channels": (4, 8, 24)},
+            r"holds erfnet .*'channels': \[4, 8, 16\].* but the config asks for erfnet .*4, 8, 24",
+        ),
+        ({"data.label_type": "binary"}, r"holds a 5-class erfnet, but the config asks for 2 cl"),
+    ],
+)
+def test_resuming_another_architecture_or_class_count_is_a_clear_error(
+    reference, tmp_path, overrides, message
+):
+    data_dir, ref_dir = reference
+    work = tmp_path / "work"
+    shutil.copytree(ref_dir, work / "student")
+    (work / "student" / "eval_valid.json").unlink()  # unfinished: it would resume
+    config = _config(data_dir, **overrides)
+    with pytest.raises(checkpointing.CheckpointError, match=message) as info:
+        train.train_and_evaluate(config, str(work))
+    assert "use another --workdir" in str(info.value)
