@@ -63,5 +63,22 @@ def main(argv):
         raise SystemExit(f"error: {type(e).__name__}: {e}") from None
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses the flags as absl does; an override naming no config field is one line, no traceback.
+
+    ml_collections raises AttributeError/KeyError (not a flags.Error) for
+    ``--config.data.bogus=1``; absl's own usage errors keep their usual form.
+    """
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        names = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+        raise SystemExit(
+            f"error: ConfigError: a --config override does not fit the config ({e}); "
+            f"overrides given: {', '.join(names) or 'none'}; the fields are listed in README "
+            '"Configuration reference" and in the config file'
+        ) from None
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

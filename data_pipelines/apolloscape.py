@@ -135,7 +135,7 @@ class ApolloscapeDataset(FolderDataset):
         if teacher_hw is not None:
             try:
                 ok = len(teacher_hw) == 2 and min(int(v) for v in teacher_hw) > 0
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
                 ok = False
             if not ok:
                 raise DataConfigError(

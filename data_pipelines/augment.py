@@ -75,18 +75,29 @@ class AugmentSpec:
             raise DataConfigError(
                 f"{where}.scale_range must be a pair (low, high) of positive floats, got {scale!r}"
             ) from None
-        if not (0.0 < lo <= hi):
+        if not (0.0 < lo <= hi) or not math.isfinite(hi):
             raise DataConfigError(
                 f"{where}.scale_range must satisfy 0 < low <= high, got {scale!r}"
             )
+
+        def number(name, default):
+            value = get(name, default)
+            try:
+                out = float(value)
+            except (TypeError, ValueError):
+                out = math.nan
+            if not math.isfinite(out) or isinstance(value, bool):
+                raise DataConfigError(f"{where}.{name} must be a finite number, got {value!r}")
+            return out
+
         spec = cls(
             enabled=bool(get("enabled", False)),
             scale_range=(lo, hi),
             scale_of=str(get("scale_of", "output")),
-            rotation_deg=float(get("rotation_deg", 0.0)),
-            rotation_prob=float(get("rotation_prob", 1.0)),
+            rotation_deg=number("rotation_deg", 0.0),
+            rotation_prob=number("rotation_prob", 1.0),
             hflip=bool(get("hflip", False)),
-            brightness=float(get("brightness", 0.0)),
+            brightness=number("brightness", 0.0),
         )
         if not (0.0 <= spec.rotation_deg < 90.0):
             raise DataConfigError(

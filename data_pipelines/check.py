@@ -10,7 +10,8 @@
 * label values outside the class table (``dataset.check_label(path)``);
 * image/label size mismatches;
 * for LLAMAS, json label files that do not parse (with the line of the syntax error) or lack
-  fields (``formats.llamas.read_json``'s validation).
+  fields (``formats.llamas.read_json``'s validation), and lanes that lie entirely outside
+  their image (``label_value``: they would render to nothing).
 
 Files are read by a thread pool (decoding releases the GIL); progress and ETA are logged. The
 returned ``CheckReport`` prints every problem (a ``formats.lists.Problem``, ``format()``) and a
@@ -266,23 +267,55 @@ def _problem_from_error(e: DataError) -> Problem:
     return Problem("missing_file", "", None, text)
 
 
-def _llamas_label_checker(min_lane_height: int):
+def _lanes_outside(label: dict, image_hw: tuple[int, int] | None) -> list[str]:
+    """Messages for the lanes of a cleaned LLAMAS label with no pixel point inside the image.
+
+    Such a lane renders to nothing (the official renderer clips it away), so its annotation does
+    not belong to this image (another resolution, shifted coordinates). A lane that is only
+    partly outside is normal and not reported.
+    """
+    if image_hw is None:
+        return []
+    h, w = image_hw
+    out = []
+    for lane in label["lanes"]:
+        points = [m[k] for m in lane["markers"] for k in ("pixel_start", "pixel_end")]
+        if not any(0 <= p["x"] < w and 0 <= p["y"] < h for p in points):
+            xs = [p["x"] for p in points]
+            ys = [p["y"] for p in points]
+            out.append(
+                f"lane {lane['lane_id']!r} (after the official renumbering) lies entirely outside "
+                f"the {w}x{h} (WxH) image: its {len(lane['markers'])} markers span x "
+                f"{min(xs)}..{max(xs)}, y {min(ys)}..{max(ys)}"
+            )
+    return out
+
+
+def _llamas_label_checker(min_lane_height: int, image_hw: tuple[int, int] | None = None):
     def check(path: str):
         try:
             with open(path, encoding="utf-8") as f:
                 raw = json.load(f)
         except json.JSONDecodeError as e:
             return None, [Problem("malformed_line", path, e.lineno, f"invalid json: {e.msg}")]
+        except RecursionError:
+            return None, [Problem("malformed_line", path, None, "invalid json: nested too deeply")]
         except (OSError, UnicodeDecodeError) as e:
             return None, [Problem("unreadable_image", path, None, f"cannot read: {e}")]
+        except ValueError as e:  # the decoder's int() limit (numbers of more than 4300 digits)
+            return None, [Problem("malformed_line", path, None, f"invalid json: {e}")]
         try:
-            clean_label(raw, min_lane_height=min_lane_height, source=path)
+            label = clean_label(raw, min_lane_height=min_lane_height, source=path)
         except LabelFormatError as e:
             message = str(e)
             if message.startswith(path + ": "):
                 message = message[len(path) + 2 :]
             return None, [Problem("malformed_label", path, None, message)]
-        return None, []  # rendered labels take the split's size and only table values
+        # Rendered labels take the split's size and only table values; what can still be wrong
+        # is a lane that misses the image altogether.
+        return None, [
+            Problem("label_value", path, None, m) for m in _lanes_outside(label, image_hw)
+        ]
 
     return check
 
@@ -343,7 +376,7 @@ def llamas_plan(dataset, split: str) -> tuple[list[Problem], list[_Entry]]:
                 expected_hw = (im.height, im.width)
         except OSError:
             expected_hw = None
-    checker = _llamas_label_checker(int(getattr(dataset, "_min_lane_height", 20)))
+    checker = _llamas_label_checker(int(getattr(dataset, "_min_lane_height", 20)), expected_hw)
     entries = [
         _Entry(images[k], labels.get(k), checker if k in labels else None, expected_hw)
         for k in keys

@@ -22,6 +22,7 @@ import dataclasses
 import os
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from data_pipelines.dataset import FolderDataset
@@ -45,6 +46,35 @@ from data_pipelines.synthetic import culane as synthetic_culane
 
 # Mirroring turns the leftmost slot into the rightmost one: 1<->4, 2<->3.
 HFLIP_LUT = class_swap_lut([(1, 4), (2, 3)])
+
+
+def decode_label_tensor(contents: tf.Tensor) -> tf.Tensor:
+    """tf.data label decoder: an 8-bit gray PNG of slot ids -> uint8 (H, W, 1).
+
+    Anything else fails (and so is a corrupt sample naming the label file) instead of turning
+    into a silently wrong target: ``decode_png(channels=1)`` would turn an RGB or palette label
+    into luminance and scale a 16-bit one down to 0, and values above the 4 lane slots would
+    reach the loss as classes that do not exist. 255 (ignore) is allowed, as in the data check.
+    """
+    label = tf.io.decode_png(contents, channels=1, dtype=tf.uint8)
+    with tf.control_dependencies([label]):  # a file too short for a header fails in decode
+        # IHDR bit depth and colour type: bytes 24 and 25 of every PNG (8, 0 = 8-bit gray).
+        header = tf.strings.substr(contents, 24, 2)
+    header_ok = tf.debugging.Assert(
+        tf.equal(header, b"\x08\x00"),
+        ["CULane labels must be 8-bit single-channel (gray) PNGs"],
+    )
+    bad = tf.logical_and(label >= len(CLASS_NAMES), label != 255)
+    values_ok = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        [
+            f"label values outside the CULane class table 0..{len(CLASS_NAMES) - 1} "
+            "(255 = ignore), largest:",
+            tf.reduce_max(tf.where(bad, label, tf.zeros_like(label))),
+        ],
+    )
+    with tf.control_dependencies([header_ok, values_ok]):
+        return tf.identity(label)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +117,9 @@ class CulaneDataset(FolderDataset):
         self._index: dict[str, dict[str, int]] = {}
 
     # -- setup --------------------------------------------------------------------------------
+
+    def _decode_label(self, contents: tf.Tensor) -> tf.Tensor:
+        return decode_label_tensor(contents)
 
     def _layout_error(self) -> str | None:
         if self._holds_data():

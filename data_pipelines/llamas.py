@@ -267,6 +267,10 @@ class LlamasDataset(FolderDataset):
         )
         self._min_lane_height = int(config_get(config, "min_lane_height", 20))
         cache_dir = config_get(config, "cache_dir")
+        if cache_dir is not None and not isinstance(cache_dir, str | os.PathLike):
+            raise DataConfigError(
+                f"config.data.cache_dir must be None or a folder path, got {cache_dir!r}"
+            )
         self._cache_dir = (
             absolute_path(cache_dir) if cache_dir else os.path.join(self._data_dir, ".label_cache")
         )

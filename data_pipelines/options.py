@@ -101,6 +101,16 @@ def _float_tuple(value, n: int, field: str) -> tuple[float, ...]:
     return out
 
 
+def config_int(cfg, name: str, default: int) -> int:
+    """``config.data.<name>`` as an int (an integral float is accepted); DataConfigError else."""
+    value = config_get(cfg, name, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DataConfigError(f"config.data.{name} must be an int, got {value!r}")
+    return value
+
+
 def options_from_config(cfg, class_lut: np.ndarray | None = None) -> PipelineOptions:
     """Builds validated ``PipelineOptions`` from the shared ``config.data`` fields.
 
@@ -121,7 +131,7 @@ def options_from_config(cfg, class_lut: np.ndarray | None = None) -> PipelineOpt
         image_hw = (int(hw[0]), int(hw[1]))
         if len(hw) != 2 or min(image_hw) <= 0:
             raise ValueError
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError):
         raise DataConfigError(
             f"config.data.image_hw must be (height, width) positive ints, got {hw!r}"
         ) from None
@@ -132,12 +142,12 @@ def options_from_config(cfg, class_lut: np.ndarray | None = None) -> PipelineOpt
     std = _float_tuple(config_get(cfg, "std_rgb", (1.0, 1.0, 1.0)), 3, "config.data.std_rgb")
     if min(std) <= 0:
         raise DataConfigError(f"config.data.std_rgb must be positive, got {std!r}")
-    npc = int(config_get(cfg, "num_parallel_calls", -1))
+    npc = config_int(cfg, "num_parallel_calls", -1)
     if npc == 0 or npc < -1:
         raise DataConfigError(
             f"config.data.num_parallel_calls must be -1 (AUTOTUNE) or >= 1, got {npc}"
         )
-    prefetch = int(config_get(cfg, "prefetch", 2))
+    prefetch = config_int(cfg, "prefetch", 2)
     if prefetch < -1:
         raise DataConfigError(f"config.data.prefetch must be >= -1, got {prefetch}")
     skip_corrupt = config_get(cfg, "skip_corrupt", False)

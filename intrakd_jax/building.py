@@ -313,10 +313,20 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
     Raises:
       data_pipelines.DataConfigError: an unknown dataset, an invalid ``config.data`` field, or a
-        data_dir that is not the dataset's root.
+        data_dir that is not the dataset's root, a field of the wrong type (the field is named).
       ConfigError: an unknown dtype, or a teacher/student model name or argument that does not
         exist (the message names the field).
     """
+    # Names looked up in tables below: a list or dict there would fail with "unhashable type".
+    for field, value in (
+        ("dtype", config.get("dtype")),
+        ("data.name", config.data.get("name")),
+        ("teacher.model", config.teacher.get("model")),
+        ("student.model", config.student.get("model")),
+    ):
+        if not isinstance(value, str):
+            error = data_pipelines.DataConfigError if field.startswith("data.") else ConfigError
+            raise error(f"config.{field} must be a name (a string), got {value!r}")
     # The data folder itself is checked too, except for jobs that run on other inputs.
     need_files = config.get("mode") not in ("predict", "export")
     info = data_pipelines.get_dataset(config.data, need_files=need_files).info

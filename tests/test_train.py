@@ -384,6 +384,19 @@ def test_main_reports_config_errors_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_main_reports_a_misspelt_config_field_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "main.py", "--config=configs/llamas.py:smoke",
+         "--config.data.image_hv=(32,64)", f"--workdir={tmp_path / 'work'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ConfigError: a --config override does not fit the config"), last
+    assert "image_hv" in last and "Traceback" not in proc.stderr
+    assert not (tmp_path / "work").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # Kill -9 and resume
 # ----------------------------------------------------------------------------------------------

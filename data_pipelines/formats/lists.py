@@ -59,8 +59,14 @@ class Problem:
         return self.path if self.line is None else f"{self.path}:{self.line}"
 
     def format(self) -> str:
-        """``path:line: [kind] message`` (no ``:line`` when there is none)."""
-        return f"{self.where}: [{self.kind}] {self.message}"
+        """``path:line: [kind] message`` (no ``:line`` when there is none).
+
+        Printable on any UTF-8 stream: bytes of a list that are not UTF-8 travel in paths as
+        surrogate escapes (so the file can still be found on disk), and are shown here as
+        backslash escapes instead of failing ``print`` or the report file's write.
+        """
+        text = f"{self.where}: [{self.kind}] {self.message}"
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ProblemLog:
@@ -114,7 +120,10 @@ def read_list_lines(list_path: str, log: ProblemLog, expected: str) -> list[tupl
     except OSError as e:
         log.add("missing_file", list_path, None, f"cannot read list file ({e})")
         return []
-    lines = enumerate(text.splitlines(), start=1)
+    # Universal newlines have turned '\r\n' and '\r' into '\n'; split there only, because
+    # str.splitlines also breaks at form feeds, '\x1c'-'\x1e', '\x85' and U+2028, which would
+    # shift every later line number away from what an editor (and the user) sees.
+    lines = enumerate(text.split("\n"), start=1)
     return [(number, line) for number, line in lines if line.strip()]
 
 

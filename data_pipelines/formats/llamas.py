@@ -107,6 +107,8 @@ def _as_float(value: Any, source: str, field: str) -> float:
         out = float(value)
     except ValueError:
         _fail(source, field, "a number or numeric string", value)
+    except OverflowError:  # an int beyond the float range
+        _fail(source, field, "a finite number", value)
     if not math.isfinite(out):
         _fail(source, field, "a finite number", value)
     return out
@@ -239,14 +241,33 @@ def read_json(path: str | os.PathLike, min_lane_height: int = 20) -> dict:
             names the file and the json path of the field.
     """
     source = os.fspath(path)
+    raw = load_json(source)
+    return clean_label(raw, min_lane_height=min_lane_height, source=source)
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """The decoded json of a label file, any failure as ``LabelFormatError`` naming the file.
+
+    Besides syntax errors and unreadable or non-UTF-8 files, hostile json that Python's decoder
+    rejects with other exceptions is reported the same way: nesting deeper than the recursion
+    limit (``RecursionError``) and integers of more than 4300 digits (``ValueError``).
+
+    Raises:
+        LabelFormatError: the message is ``<path>: invalid json (...)`` (with the line and
+            column of a syntax error) or ``<path>: cannot read label file (...)``.
+    """
+    source = os.fspath(path)
     try:
         with open(source, encoding="utf-8") as f:
-            raw = json.load(f)
+            return json.load(f)
     except json.JSONDecodeError as e:
         raise LabelFormatError(f"{source}: invalid json ({e})") from None
+    except RecursionError:
+        raise LabelFormatError(f"{source}: invalid json (nested too deeply to decode)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise LabelFormatError(f"{source}: cannot read label file ({e})") from None
-    return clean_label(raw, min_lane_height=min_lane_height, source=source)
+    except ValueError as e:  # the decoder's int() limit: numbers of more than 4300 digits
+        raise LabelFormatError(f"{source}: invalid json ({e})") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,18 +288,21 @@ def marker_polygon(
     z1, z2 = float(world_start["z"]), float(world_end["z"])
     if z1 <= 0.0 or z2 <= 0.0:
         return None
-    p1 = p @ np.array([world_start["x"], world_start["y"], z1], dtype=np.float64)
-    p2 = p @ np.array([world_end["x"], world_end["y"], z2], dtype=np.float64)
-    p1 = p1 / p1[2]
-    p2 = p2 / p2[2]
-    hw1 = p[0, 0] * width / z1 / 2.0
-    hw2 = p[0, 0] * width / z2 / 2.0
-    pts = np.zeros((4, 2), dtype=np.float32)  # float32 on purpose: the official array dtype
-    pts[0] = (p1[0] - hw1, p1[1])
-    pts[1] = (p1[0] + hw1, p1[1])
-    pts[2] = (p2[0] + hw2, p2[1])
-    pts[3] = (p2[0] - hw2, p2[1])
-    if not np.all(np.abs(pts) < 2**30):  # far outside any image; cv2 would overflow
+    # Finite but extreme values (a zero projected depth, 1e308 coordinates) overflow to inf or
+    # NaN here; such a marker is dropped by the range check below, without numpy warnings.
+    with np.errstate(all="ignore"):
+        p1 = p @ np.array([world_start["x"], world_start["y"], z1], dtype=np.float64)
+        p2 = p @ np.array([world_end["x"], world_end["y"], z2], dtype=np.float64)
+        p1 = p1 / p1[2]
+        p2 = p2 / p2[2]
+        hw1 = p[0, 0] * width / z1 / 2.0
+        hw2 = p[0, 0] * width / z2 / 2.0
+        pts = np.zeros((4, 2), dtype=np.float32)  # float32 on purpose: the official array dtype
+        pts[0] = (p1[0] - hw1, p1[1])
+        pts[1] = (p1[0] + hw1, p1[1])
+        pts[2] = (p2[0] + hw2, p2[1])
+        pts[3] = (p2[0] - hw2, p2[1])
+    if not np.all(np.abs(pts) < 2**30):  # far outside any image (or NaN); cv2 would overflow
         return None
     pts = np.round(pts).astype(np.int32)
     if pts[0, 1] == pts[3, 1]:

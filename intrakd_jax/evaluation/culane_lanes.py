@@ -35,12 +35,26 @@ _INT_MIN = -(2**31)
 _WS = rb"[ \t\n\r\x0b\x0c]"
 _NUMBER = rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _NUMBER_RE = re.compile(_NUMBER)
+# A number matched atomically (greedy, never given back): `\d+\.?\d*` can split a digit run in
+# many ways, and under the repetitions below a run of digits followed by junk made the regex
+# engine try all of them (30 digits and a letter took minutes). Greedy tokens are also the
+# only ones the C++ extraction takes, so nothing is lost.
+_ATOMIC_NUMBER = rb"(?>" + _NUMBER + rb")"
 # When a line fully matches this, the greedy left-to-right NUMBER tokens are exactly what the
 # C++ extraction consumes; anything else goes through the character-level scanner below.
-_CLEAN_LINE_RE = re.compile(_WS + rb"*(?:" + _NUMBER + _WS + rb"*)*")
+_CLEAN_LINE_RE = re.compile(_WS + rb"*(?:" + _ATOMIC_NUMBER + _WS + rb"*)*")
 # A file of numbers separated by whitespace (no two numbers glued together): split() tokens.
 _CLEAN_FILE_RE = re.compile(
-    _WS + rb"*(?:" + _NUMBER + rb"(?:" + _WS + rb"+" + _NUMBER + rb")*)?" + _WS + rb"*"
+    _WS
+    + rb"*(?:"
+    + _ATOMIC_NUMBER
+    + rb"(?:"
+    + _WS
+    + rb"+"
+    + _ATOMIC_NUMBER
+    + rb")*)?"
+    + _WS
+    + rb"*"
 )
 _MANTISSA_RE = re.compile(rb"[+-]?\d*(?:\.\d*)?")
 _EXPONENT_RE = re.compile(rb"[eE][+-]?\d*")

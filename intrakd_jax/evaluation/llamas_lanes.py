@@ -39,6 +39,7 @@ import numpy as np
 from scipy.interpolate import splev, splprep
 from scipy.optimize import linear_sum_assignment
 
+from data_pipelines.errors import LabelFormatError
 from data_pipelines.formats.llamas import clean_label, read_json
 from intrakd_jax.evaluation import cli, pool
 from intrakd_jax.evaluation.llamas import add_folder_flags, label_base, list_label_files
@@ -249,7 +250,9 @@ def read_lines_txt(path: str | os.PathLike[str], missing_ok: bool = True) -> lis
 
     Raises:
       FileNotFoundError: the file is missing and `missing_ok` is False.
-      ValueError: a token is not a finite number, or a line has an odd number of values.
+      LabelFormatError: (a ValueError) the file is not UTF-8 text or cannot be read, a token
+        is not a finite number, or a line has an odd number of values; the message names the
+        file and the line.
     """
     source = os.fspath(path)
     try:
@@ -263,21 +266,25 @@ def read_lines_txt(path: str | os.PathLike[str], missing_ok: bool = True) -> lis
             f"{source}: prediction file not found (one <recording>/<ts>.lines.txt per label)"
         ) from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"{source}: not a text file ({e.reason} at byte {e.start})") from None
+        raise LabelFormatError(
+            f"{source}: not a text file ({e.reason} at byte {e.start})"
+        ) from None
+    except OSError as e:  # a folder, no permission: not a missing file, so not "no lanes"
+        raise LabelFormatError(f"{source}: cannot read prediction file ({e})") from None
     lanes = []
     for line_no, line in enumerate(lines, start=1):
         tokens = line.split()
         try:
             values = np.array([float(t) for t in tokens], dtype=np.float64)
         except ValueError:
-            raise ValueError(f"{source}:{line_no}: expected numbers 'x y x y ...'") from None
+            raise LabelFormatError(f"{source}:{line_no}: expected numbers 'x y x y ...'") from None
         if values.size % 2:
-            raise ValueError(
+            raise LabelFormatError(
                 f"{source}:{line_no}: expected an even number of values (x y pairs), "
                 f"got {values.size}"
             )
         if not np.all(np.isfinite(values)):
-            raise ValueError(f"{source}:{line_no}: coordinates must be finite numbers")
+            raise LabelFormatError(f"{source}:{line_no}: coordinates must be finite numbers")
         if values.size >= 4:
             lanes.append(values.reshape(-1, 2))
     return lanes
