@@ -113,8 +113,21 @@ def model_kwargs(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
     return dict(sections[model_config.model])
 
 
+# Model arguments that change how a model computes, not which arrays it has: a checkpoint trained
+# with one value runs, resumes and distils with any other.
+RUNTIME_KWARGS = frozenset({"conv_impl", "remat"})
+
+
+def _architecture(kwargs: Any) -> Any:
+    if not isinstance(kwargs, dict):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k not in RUNTIME_KWARGS}
+
+
 def check_checkpoint_model(meta: Mapping[str, Any], model_config, what: str, fix: str) -> None:
     """Fails when a checkpoint holds another architecture than ``model_config`` asks for.
+
+    ``RUNTIME_KWARGS`` (the convolution implementation, rematerialisation) are not compared.
 
     Args:
       meta: the checkpoint's metadata (``model``, ``model_kwargs``).
@@ -125,8 +138,8 @@ def check_checkpoint_model(meta: Mapping[str, Any], model_config, what: str, fix
     Raises:
       checkpointing.CheckpointError: model name or arguments differ.
     """
-    want_kwargs = jsonish(model_kwargs(model_config))
-    have_kwargs = jsonish(meta.get("model_kwargs"))
+    want_kwargs = _architecture(jsonish(model_kwargs(model_config)))
+    have_kwargs = _architecture(jsonish(meta.get("model_kwargs")))
     if meta.get("model") == model_config.model and isinstance(have_kwargs, dict):
         # A checkpoint written before a model option existed was built with its default.
         defaults = models.model_defaults(model_config.model)

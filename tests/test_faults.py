@@ -297,3 +297,17 @@ def test_resuming_another_architecture_or_class_count_is_a_clear_error(
     with pytest.raises(checkpointing.CheckpointError, match=message) as info:
         train.train_and_evaluate(config, str(work))
     assert "use another --workdir" in str(info.value)
+
+
+def test_resuming_with_another_conv_impl_or_remat_is_allowed(reference, tmp_path):
+    # How a model computes is not its architecture: a run may move to conv_impl="xla" (e.g. onto
+    # a GPU) or turn on rematerialisation to fit memory, and resume.
+    data_dir, ref_dir = reference
+    work = tmp_path / "work"
+    shutil.copytree(ref_dir, work / "student")
+    (work / "student" / "eval_valid.json").unlink()
+    overrides = {"student.model_kwargs.erfnet.conv_impl": "xla",
+                 "student.model_kwargs.erfnet.remat": True}  # fmt: skip
+    metrics = train.train_and_evaluate(_config(data_dir, **overrides), str(work))
+    assert np.isfinite(metrics["miou"])
+    assert (work / "student" / "eval_valid.json").exists()
