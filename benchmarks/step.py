@@ -17,6 +17,8 @@ step, the student-only (CE) step and student inference. Runs alternate JAX / PyT
 rounds after a warm-up of each; the last line is
   ratios: distill=<x> student=<y> inference=<z> loss_share=<s>
 (JAX images/s over PyTorch images/s, and the IntRA-KD loss+grad time over the JAX distill step).
+With several --conv-impl values (--conv-impl=fast,onednn) each gets its JAX runs in the same
+alternating rounds and its own ratios line, ``ratios[<impl>]: ...``.
 """
 
 import os
@@ -45,18 +47,22 @@ _BATCH = flags.DEFINE_integer("batch", None, "global batch (default: config.batc
 _STEPS = flags.DEFINE_integer("steps", 5, "timed runs (with --vs-torch: alternating rounds)")
 _VS_TORCH = flags.DEFINE_bool("vs-torch", False, "compare with the eager PyTorch reference")
 _SIZE = flags.DEFINE_enum("size", "culane", ["culane", "apolloscape"], "--vs-torch input size")
-_CONV_IMPL = flags.DEFINE_enum(
+_CONV_IMPL = flags.DEFINE_list(
     "conv-impl",
-    "fast",
-    ["fast", "xla"],
-    "--vs-torch: JAX convolution gradients (models' conv_impl)",
+    ["fast"],
+    "--vs-torch, --parts, --layers: JAX convolutions (models' conv_impl: fast (the configs' "
+    "default), onednn, xla); "
+    "several (--conv-impl=fast,onednn) are timed side by side in one run, alternating with "
+    "PyTorch",
 )
 _REMAT = flags.DEFINE_bool("remat", False, "--vs-torch: JAX student with remat (checkpointing)")
 _PARTS = flags.DEFINE_bool(
     "parts", False, "ERFNet alone: eval forward, train forward, forward + backward (at --size)"
 )
 _LAYERS = flags.DEFINE_bool(
-    "layers", False, "per-layer table: forward and backward of each conv layer shape, xla vs fast"
+    "layers",
+    False,
+    "per-layer table: forward and backward of each conv layer shape, xla vs --conv-impl",
 )
 _MODES = flags.DEFINE_list(
     "modes", ["distill", "student", "inference"], "--vs-torch: which steps to time"
@@ -260,58 +266,75 @@ def vs_torch(
     size: str,
     batch_size: int,
     rounds: int,
-    conv_impl: str,
+    conv_impls: list[str],
     modes: list[str],
     remat: bool = False,
 ) -> None:
-    """Times JAX against the PyTorch reference, alternating, and prints the ratios line."""
+    """Times JAX (one or more conv_impl) against the PyTorch reference, alternating.
+
+    Prints one line per round, a table and a ratios line per conv_impl (the plain ``ratios:``
+    line when only one is timed).
+    """
     import torch
 
     unknown = sorted(set(modes) - {"distill", "student", "inference"})
     if unknown:
         raise ValueError(f"--modes: unknown {unknown}; expected distill, student, inference")
+    for impl in conv_impls:
+        conv_lib.check_conv_impl("--conv-impl", impl)
     # XLA:CPU runs ops on an intra-op pool with one thread per core this process may use.
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    jax_runs, loss_grad = _vs_torch_jax(size, batch_size, conv_impl, remat)
-    torch_runs = _vs_torch_torch(size, batch_size)
-    times = {(fw, m): [] for fw in ("jax", "torch") for m in modes}
+    sides = {}
+    loss_grads = {}
+    for impl in conv_impls:
+        sides[f"jax:{impl}"], loss_grads[impl] = _vs_torch_jax(size, batch_size, impl, remat)
+    sides["torch"] = _vs_torch_torch(size, batch_size)
+    times = {(fw, m): [] for fw in sides for m in modes}
     for mode in modes:  # warm-up (compilation, allocator, oneDNN primitive caches)
-        jax_runs[mode]()
-        torch_runs[mode]()
+        for runs in sides.values():
+            runs[mode]()
+    order = list(sides.items())
     for r in range(rounds):
-        # Alternate which framework goes first so drifting machine load hits both alike.
-        order = (("jax", jax_runs), ("torch", torch_runs))
+        # Rotate which side goes first so drifting machine load hits all alike.
+        shift = r % len(order)
         for mode in modes:
-            for fw, runs in order if r % 2 == 0 else order[::-1]:
+            for fw, runs in order[shift:] + order[:shift]:
                 times[(fw, mode)].append(_seconds(runs[mode]))
         print(
             f"round {r + 1}/{rounds}: "
             + "  ".join(f"{fw}/{m} {times[(fw, m)][-1] * 1e3:.0f} ms" for fw, m in times),
             flush=True,
         )
-    loss_grad()
-    t_loss = float(np.median([_seconds(loss_grad) for _ in range(max(rounds, 3))]))
+    t_loss = {}
+    for impl, loss_grad in loss_grads.items():
+        loss_grad()
+        t_loss[impl] = float(np.median([_seconds(loss_grad) for _ in range(max(rounds, 3))]))
     hw = VS_TORCH_SIZES[size][0]
     print(
         f"size {size} {hw[0]}x{hw[1]}, batch {batch_size}, {threads} threads, jax "
-        f"{jax.__version__} (conv_impl={conv_impl}, remat={remat}), torch {torch.__version__}, "
-        f"medians of {rounds} alternating rounds"
+        f"{jax.__version__} (conv_impl={','.join(conv_impls)}, remat={remat}), torch "
+        f"{torch.__version__}, medians of {rounds} alternating rounds"
     )
     med = {k: float(np.median(v)) for k, v in times.items()}
-    for mode in modes:
-        tj, tt = med[("jax", mode)], med[("torch", mode)]
+    for impl in conv_impls:
+        for mode in modes:
+            tj, tt = med[(f"jax:{impl}", mode)], med[("torch", mode)]
+            print(
+                f"{mode:9s}  jax[{impl}] {tj * 1e3:8.1f} ms ({batch_size / tj:6.2f} img/s)   "
+                f"torch {tt * 1e3:8.1f} ms ({batch_size / tt:6.2f} img/s)   ratio {tt / tj:.2f}"
+            )
+    for impl in conv_impls:
+        ratio = {m: f"{med[('torch', m)] / med[(f'jax:{impl}', m)]:.2f}" for m in modes}
+        t_distill = med.get((f"jax:{impl}", "distill"))
+        share = f"{t_loss[impl] / t_distill:.4f}" if t_distill else "nan"
+        label = "ratios:" if len(conv_impls) == 1 else f"ratios[{impl}]:"
+        print(f"IntRA-KD loss+grad ({impl}): {t_loss[impl] * 1e3:.1f} ms")
         print(
-            f"{mode:9s}  jax {tj * 1e3:8.1f} ms ({batch_size / tj:6.2f} img/s)   torch "
-            f"{tt * 1e3:8.1f} ms ({batch_size / tt:6.2f} img/s)   ratio {tt / tj:.2f}"
+            f"{label} distill={ratio.get('distill', 'nan')} "
+            f"student={ratio.get('student', 'nan')} "
+            f"inference={ratio.get('inference', 'nan')} loss_share={share}"
         )
-    ratio = {m: f"{med[('torch', m)] / med[('jax', m)]:.2f}" for m in modes}
-    share = f"{t_loss / med[('jax', 'distill')]:.4f}" if "distill" in modes else "nan"
-    print(f"IntRA-KD loss+grad: {t_loss * 1e3:.1f} ms")
-    print(
-        f"ratios: distill={ratio.get('distill', 'nan')} student={ratio.get('student', 'nan')} "
-        f"inference={ratio.get('inference', 'nan')} loss_share={share}"
-    )
 
 
 def _layer_cases(size: str, batch: int, num_classes: int) -> list[tuple]:
@@ -379,18 +402,22 @@ def _layer_cases(size: str, batch: int, num_classes: int) -> list[tuple]:
     ]
 
 
-def layer_table(size: str, batch_size: int, rounds: int) -> None:
-    """Prints forward and forward+backward times per layer shape for conv_impl xla and fast.
+def layer_table(
+    size: str, batch_size: int, rounds: int, impls: tuple[str, ...] = ("fast",)
+) -> None:
+    """Prints forward and forward+backward times per layer shape for conv_impl xla and ``impls``.
 
     Forward + backward is ``jax.vjp`` and its pullback in one jitted function (dX and dW; for
-    pooling dX). Rounds alternate the two implementations; medians.
+    pooling dX). Rounds rotate the implementations; medians; the speedups are over "xla".
     """
     n = len(VS_TORCH_SIZES[size][1])
     rng = np.random.default_rng(0)
+    impls = ("xla", *(i for i in impls if i != "xla"))
     print(f"size {size}, batch {batch_size}, medians of {rounds} alternating rounds (ms)")
     print(
-        f"{'layer':32s} {'xla fwd':>8s} {'xla f+b':>8s} {'fast fwd':>9s} {'fast f+b':>9s}"
-        "  f+b speedup"
+        f"{'layer':32s} "
+        + " ".join(f"{i + ' fwd':>11s} {i + ' f+b':>11s}" for i in impls)
+        + "".join(f"  {i + ' f+b speedup':>18s}" for i in impls[1:])
     )
     for name, x_shape, kind, k_shape, stride, pad, extra in _layer_cases(size, batch_size, n):
         x = jnp.asarray(np.maximum(rng.normal(size=x_shape), 0.0), jnp.float32)
@@ -408,7 +435,7 @@ def layer_table(size: str, batch_size: int, rounds: int) -> None:
             return lambda a, b: conv_lib.max_pool(a, (2, 2), impl=impl)
 
         fns = {}
-        for impl in ("xla", "fast"):
+        for impl in impls:
             f = make(impl)
             fwd = jax.jit(f)
             g = jnp.ones(jax.eval_shape(f, x, k).shape, jnp.float32)
@@ -417,14 +444,15 @@ def layer_table(size: str, batch_size: int, rounds: int) -> None:
             fns[impl] = (fwd, fwd_bwd, g)
         times = {impl: ([], []) for impl in fns}
         for r in range(rounds):
-            for impl in ("xla", "fast") if r % 2 == 0 else ("fast", "xla"):
+            for impl in impls[r % len(impls) :] + impls[: r % len(impls)]:
                 fwd, fwd_bwd, g = fns[impl]
                 times[impl][0].append(_block_seconds(fwd, x, k))
                 times[impl][1].append(_block_seconds(fwd_bwd, x, k, g))
         med = {impl: [float(np.median(t)) * 1e3 for t in ts] for impl, ts in times.items()}
         print(
-            f"{name:32s} {med['xla'][0]:8.1f} {med['xla'][1]:8.1f} {med['fast'][0]:9.1f} "
-            f"{med['fast'][1]:9.1f}  {med['xla'][1] / med['fast'][1]:6.2f}x",
+            f"{name:32s} "
+            + " ".join(f"{med[i][0]:11.1f} {med[i][1]:11.1f}" for i in impls)
+            + "".join(f"  {med['xla'][1] / med[i][1]:17.2f}x" for i in impls[1:]),
             flush=True,
         )
 
@@ -479,9 +507,10 @@ def student_parts(size: str, batch_size: int, rounds: int, conv_impl: str) -> No
 
 def _entry(argv):
     if _PARTS.value:
-        student_parts(_SIZE.value, _BATCH.value or 4, _STEPS.value, _CONV_IMPL.value)
+        for impl in _CONV_IMPL.value:
+            student_parts(_SIZE.value, _BATCH.value or 4, _STEPS.value, impl)
     elif _LAYERS.value:
-        layer_table(_SIZE.value, _BATCH.value or 4, _STEPS.value)
+        layer_table(_SIZE.value, _BATCH.value or 4, _STEPS.value, tuple(_CONV_IMPL.value))
     elif _VS_TORCH.value:
         hw_batch = _BATCH.value or 4
         vs_torch(_SIZE.value, hw_batch, _STEPS.value, _CONV_IMPL.value, _MODES.value, _REMAT.value)

@@ -42,7 +42,10 @@ def get_base_config() -> ml_collections.ConfigDict:
             "bins": (1, 2, 3, 6),
             "head_channels": 512,
             "dropout_rate": 0.1,
-            "conv_impl": "fast",  # fast: CPU-tuned conv gradients (CPU only) | xla
+            # fast: CPU-tuned XLA conv gradients (CPU only) | xla | onednn: oneDNN convolutions
+            # through the XLA FFI on CPU (float32; built on first use, else one warning and
+            # fast; the fastest CPU step, BENCHMARKS.md). GPU/TPU run XLA's in every mode.
+            "conv_impl": "fast",
             # (10, 20, 30, 60) with align_corners: the released IntRA-KD teacher's pyramid
             # (replaces the bins) and PyTorch-0.3 bilinear resizes (configs/apolloscape.py).
             "scale_series": (),

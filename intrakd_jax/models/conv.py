@@ -25,6 +25,12 @@ The replacements are used on CPU only, selected inside the compiled program with
 ``impl="xla"`` gives the plain Flax/XLA computation everywhere, e.g. to compare. Results agree
 with XLA's to float32 rounding (tests/test_conv_grad.py).
 
+``impl="onednn"`` runs ``conv2d``'s forward pass, dX and dW as oneDNN primitives (XLA FFI custom
+calls, ``models/onednn``; the extension is compiled on first use) on CPU for float32 operands,
+and the phase-form transposed convolution on top of them; max pooling is the "fast" one. Other
+dtypes, and machines where the extension cannot be built (one warning says why), get "fast";
+GPU/TPU get XLA's (tests/test_onednn_conv.py).
+
 The modules ``Conv`` and ``ConvTranspose`` are drop-ins for the ``nn.Conv`` / ``nn.ConvTranspose``
 uses in this package: the same parameter names, shapes, initialisers and RNG use, so checkpoints
 and parameter counts do not depend on ``impl``.
@@ -42,6 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+# Light: the extension is built only when available() is first called.
+from intrakd_jax.models import onednn
+
 __all__ = [
     "CONV_IMPLS",
     "Conv",
@@ -53,8 +62,8 @@ __all__ = [
     "max_pool",
 ]
 
-ConvImpl = Literal["fast", "xla"]
-CONV_IMPLS = ("fast", "xla")
+ConvImpl = Literal["fast", "xla", "onednn"]
+CONV_IMPLS = ("fast", "xla", "onednn")
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 Pairs = tuple[tuple[int, int], tuple[int, int]]
@@ -125,10 +134,12 @@ def conv2d(
       strides: Window strides.
       padding: 'SAME', 'VALID', an int or ((lo, hi), (lo, hi)); negative values crop.
       dilation: Kernel (atrous) dilation.
-      impl: "fast" for the CPU-tuned gradient, "xla" for XLA's.
+      impl: "fast" for the CPU-tuned gradient, "xla" for XLA's, "onednn" for oneDNN's
+        convolutions (forward, dX and dW) on CPU through the XLA FFI; "onednn" computes float32
+        only and uses "fast" for other dtypes or where the extension cannot be built.
 
     Returns:
-      (B, Ho, Wo, Cout) in the input dtype. Forward values are XLA's in both modes.
+      (B, Ho, Wo, Cout) in the input dtype. Forward values are XLA's in "fast" and "xla" mode.
     """
     check_conv_impl("conv2d impl", impl)
     if x_bhwc.ndim != 4 or kernel_hwio.ndim != 4 or x_bhwc.shape[-1] != kernel_hwio.shape[2]:
@@ -142,8 +153,33 @@ def conv2d(
     pads = _padding_pairs(padding, x_bhwc.shape[1:3], window, s)
     if impl == "xla":
         return _xla_conv(x_bhwc, kernel_hwio, s, pads, d)
+    if impl == "onednn" and _onednn_applies(x_bhwc, kernel_hwio):
+        # oneDNN takes non-negative padding only: a negative pad is a crop, done here so that
+        # its gradient (a pad) comes from JAX.
+        x_bhwc = x_bhwc[
+            :,
+            max(-pads[0][0], 0) : x_bhwc.shape[1] - max(-pads[0][1], 0),
+            max(-pads[1][0], 0) : x_bhwc.shape[2] - max(-pads[1][1], 0),
+        ]
+        pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
+        x_bhwc, kernel_hwio = _same_varying_axes(x_bhwc, kernel_hwio)
+        return _conv_onednn(x_bhwc, kernel_hwio, s, pads, d)
     x_bhwc, kernel_hwio = _same_varying_axes(x_bhwc, kernel_hwio)
     return _conv_fast(x_bhwc, kernel_hwio, s, pads, d)
+
+
+def _onednn_applies(x: jax.Array, kernel: jax.Array) -> bool:
+    """Whether ``impl="onednn"`` runs oneDNN: float32 operands and a built extension.
+
+    The extension is built (or found in the cache) on the first call; when that fails,
+    ``onednn.available`` warns once and every "onednn" convolution runs the "fast" formulation.
+    """
+    if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
+        return False
+    if jax.default_backend() != "cpu":
+        # On GPU/TPU the CPU branch never runs: no build, no warning about a missing oneDNN.
+        return False
+    return onednn.available()
 
 
 def _varying_axes(a: jax.Array) -> frozenset:
@@ -239,6 +275,47 @@ def _conv_fast_bwd(strides, padding, dilation, residuals, g):
 
 
 _conv_fast.defvjp(_conv_fast_fwd, _conv_fast_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# conv2d through oneDNN (XLA FFI custom calls, CPU only)
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_onednn(x, kernel, strides, padding, dilation):
+    return lax.platform_dependent(
+        x,
+        kernel,
+        cpu=functools.partial(
+            onednn.conv_forward, strides=strides, padding=padding, dilation=dilation
+        ),
+        default=functools.partial(_xla_conv, strides=strides, padding=padding, dilation=dilation),
+    )
+
+
+def _conv_onednn_fwd(x, kernel, strides, padding, dilation):
+    return _conv_onednn(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _conv_onednn_bwd(strides, padding, dilation, residuals, g):
+    x, kernel = residuals
+
+    def xla_grads(x, kernel, g):
+        _, vjp = jax.vjp(lambda a, b: _xla_conv(a, b, strides, padding, dilation), x, kernel)
+        return vjp(g)
+
+    def cpu_grads(x, kernel, g):
+        # Inside shard_map x, kernel and g vary over the same axes (conv2d casts them), so dW is
+        # per device here and the transpose of conv2d's cast sums it, as for "fast".
+        dx = onednn.conv_backward_data(g, kernel, x.shape, strides, padding, dilation)
+        dw = onednn.conv_backward_weights(x, g, kernel.shape, strides, padding, dilation)
+        return dx, dw
+
+    return lax.platform_dependent(x, kernel, g, cpu=cpu_grads, default=xla_grads)
+
+
+_conv_onednn.defvjp(_conv_onednn_fwd, _conv_onednn_bwd)
 
 
 def _tap_slices(x_bhwc, kernel_hw, out_hw, strides, padding, dilation):
@@ -442,7 +519,8 @@ def conv_transpose2d(
       padding: 'SAME', 'VALID', an int or explicit ((lo, hi), (lo, hi)) padding of the
         stride-dilated input, as ``lax.conv_transpose``.
       transpose_kernel: As ``lax.conv_transpose``.
-      impl: "fast" (phase form with ``conv2d`` gradients) or "xla" (``lax.conv_transpose``).
+      impl: "fast" (phase form with ``conv2d`` gradients), "onednn" (the same phase form with
+        its convolution in oneDNN) or "xla" (``lax.conv_transpose``).
 
     Returns:
       (B, Ho, Wo, Cout) with Ho = (H - 1) * sh + lo + hi - kh + 2 for explicit padding.
@@ -476,7 +554,8 @@ def conv_transpose2d(
         for n, st, (lo, hi), k in zip(in_hw, s, pairs, (kh, kw), strict=True)
     )
     torch_pads = tuple(k - 1 - lo for k, (lo, _) in zip((kh, kw), pairs, strict=True))
-    return _transposed_conv_phases(x_bhwc, taps_kernel, s, torch_pads, out_hw, "fast")
+    # "onednn": the phase form's stride-1 convolution and its gradients run in oneDNN.
+    return _transposed_conv_phases(x_bhwc, taps_kernel, s, torch_pads, out_hw, impl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,8 +577,8 @@ def max_pool(
       window: (wh, ww).
       strides: Defaults to the window.
       padding: As ``nn.max_pool``.
-      impl: "fast" uses the reshape form where it applies (on CPU; elsewhere the plain
-        gradient); "xla" always ``nn.max_pool``.
+      impl: "fast" and "onednn" use the reshape form where it applies (on CPU; elsewhere the
+        plain gradient); "xla" always ``nn.max_pool``.
 
     Returns:
       The pooled features.
@@ -592,7 +671,7 @@ class Conv(nn.Module):
       param_dtype: Parameter dtype.
       kernel_init: Kernel initialiser.
       bias_init: Bias initialiser.
-      impl: "fast" (CPU-tuned gradients) or "xla".
+      impl: "fast" (CPU-tuned gradients), "onednn" (oneDNN on CPU) or "xla".
     """
 
     features: int
@@ -646,7 +725,7 @@ class ConvTranspose(nn.Module):
       kernel_init: Kernel initialiser.
       bias_init: Bias initialiser.
       transpose_kernel: As ``nn.ConvTranspose``.
-      impl: "fast" or "xla".
+      impl: "fast", "onednn" or "xla".
     """
 
     features: int
