@@ -154,9 +154,10 @@ def test_default_method_choice_is_valid_for_erfnet_and_resnet_shapes():
     assert conv_lib._dw_method((1, 1, 1024, 256), (1, 1)) == "taps"
 
 
-def test_conv_gradient_inside_shard_map_sums_over_devices():
+@pytest.mark.parametrize("impl", ["fast", "onednn"])
+def test_conv_gradient_inside_shard_map_sums_over_devices(impl):
     # The train step differentiates replicated params inside shard_map: dW must be the sum of the
-    # per-device contributions, as with XLA's gradient.
+    # per-device contributions and dX stay per device, as with XLA's gradient.
     n_dev = 4
     mesh = jax.make_mesh((n_dev,), ("data",), devices=jax.devices()[:n_dev])
     rng = np.random.default_rng(2)
@@ -173,9 +174,12 @@ def test_conv_gradient_inside_shard_map_sums_over_devices():
         )
 
     x = jax.device_put(x, jax.NamedSharding(mesh, P("data")))
-    g_fast = jax.jit(jax.grad(functools.partial(loss, impl="fast")))(k, x)
-    g_xla = jax.jit(jax.grad(functools.partial(loss, impl="xla")))(k, x)
-    assert _rel_err(g_fast, g_xla) < 1e-5
+    grads = {
+        name: jax.jit(jax.grad(functools.partial(loss, impl=name), argnums=(0, 1)))(k, x)
+        for name in (impl, "xla")
+    }
+    for a, b in zip(grads[impl], grads["xla"], strict=True):
+        assert _rel_err(a, b) < 1e-5
 
 
 # ---------------------------------------------------------------- transposed convolution

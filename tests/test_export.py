@@ -61,11 +61,9 @@ def _images(batch: int, seed: int = 0, hw=HW) -> np.ndarray:
     return np.random.default_rng(100 + seed).uniform(0, 255, (batch, *hw, 3)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    model, variables = _model_and_variables()
-    meta = export.make_metadata(
+def _metadata(checkpoint):
+    """The tiny model's metadata: LLAMAS classes, a 16x48 input cropped from 40x96 frames."""
+    return export.make_metadata(
         model_name="erfnet",
         class_names=CLASSES,
         image_hw=HW,
@@ -75,8 +73,15 @@ def exported(tmp_path_factory):
         source_hw=(40, 96),
         dataset="llamas",
         model_kwargs=KWARGS,
-        checkpoint={"path": "/nowhere/student", "step": 12},
+        checkpoint=checkpoint,
     )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    model, variables = _model_and_variables()
+    meta = _metadata(checkpoint={"path": "/nowhere/student", "step": 12})
     summary = export.export_model(model, variables, meta, str(out))
     return out, model, variables, summary
 
@@ -447,18 +452,7 @@ def test_export_leaves_absl_info_logging_on(tmp_path, caplog):
     absl_logger.setLevel(0)  # NOTSET, as in a fresh process
     try:
         model, variables = _model_and_variables()
-        meta = export.make_metadata(
-            model_name="erfnet",
-            class_names=CLASSES,
-            image_hw=HW,
-            mean_rgb=MEAN,
-            std_rgb=STD,
-            crop_top=7,
-            source_hw=(40, 96),
-            dataset="llamas",
-            model_kwargs=KWARGS,
-            checkpoint=None,
-        )
+        meta = _metadata(checkpoint=None)
         summary = export.export_model(model, variables, meta, str(tmp_path), "savedmodel,tflite")
         assert summary["failed"] == {}
         assert absl_logger.level == 0

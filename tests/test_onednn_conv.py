@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from intrakd_jax import models, optim, parallel, steps
 from intrakd_jax.models import conv as conv_lib
@@ -171,31 +170,7 @@ def test_vmap_matches_xla():
     assert _rel_err(f("onednn")(x, k), f("xla")(x, k)) < RTOL
 
 
-def test_gradients_inside_shard_map_sum_over_devices():
-    # The training step differentiates replicated parameters inside shard_map: dW must be the sum
-    # of the per-device contributions and dX stays per device, as with XLA's gradient.
-    n_dev = 4
-    mesh = jax.make_mesh((n_dev,), ("data",), devices=jax.devices()[:n_dev])
-    rng = np.random.default_rng(21)
-    x = jnp.asarray(np.maximum(rng.normal(size=(n_dev * 2, 8, 9, 8)), 0), jnp.float32)
-    k = jnp.asarray(rng.normal(size=(3, 1, 8, 16)), jnp.float32)
-
-    def loss(kernel, xb, impl):
-        def per_device(kernel, xb):
-            y = conv_lib.conv2d(xb, kernel, 1, ((1, 1), (0, 0)), 1, impl)
-            return jax.lax.psum(jnp.sum(y * y), "data")
-
-        return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("data")), out_specs=P())(
-            kernel, xb
-        )
-
-    x = jax.device_put(x, jax.NamedSharding(mesh, P("data")))
-    grads = {
-        impl: jax.jit(jax.grad(functools.partial(loss, impl=impl), argnums=(0, 1)))(k, x)
-        for impl in ("onednn", "xla")
-    }
-    for a, b in zip(grads["onednn"], grads["xla"], strict=True):
-        assert _rel_err(a, b) < RTOL
+# Gradients inside shard_map: tests/test_conv_grad.py::test_conv_gradient_inside_shard_map_...
 
 
 @pytest.mark.parametrize(
