@@ -158,18 +158,18 @@ class StageCheckpoints:
         restored = self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored["meta"])
 
-    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
-        """Restores the newest periodic checkpoint into ``abstract_state``'s structure/shardings."""
+    def restore_latest(self, abstract_state: Any) -> Any | None:
+        """The newest periodic checkpoint's state in ``abstract_state``'s structure/shardings.
+
+        Its metadata is ``latest_meta()``, read (and checked) before the arrays.
+        """
         step = self.latest.latest_step()
         if step is None:
             return None
         restored = self.latest.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-            ),
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )
-        return restored["state"], dict(restored["meta"])
+        return restored["state"]
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk (StorageError if one failed)."""

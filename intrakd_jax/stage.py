@@ -200,14 +200,13 @@ def resume(s: StageSetup) -> tuple[steps.TrainState, checkpointing.StageCheckpoi
                 f"{where} holds a {have}-class {found.get('model')}, but the config asks for "
                 f"{want} classes ({s.dataset.info.name}); {fix}"
             )
-    restored = ckpts.restore_latest(abstract_state)
-    if restored is None:
+    state = ckpts.restore_latest(abstract_state)
+    if state is None:
         state = steps.run_once(init, key, out_shardings=rep)
         if _model_config(s.config, s.stage).get("init_from"):
             return init_from_checkpoint(s, state), ckpts
         logging.info("[%s] starting from scratch (%d steps)", s.stage, s.num_steps)
         return state, ckpts
-    state, _ = restored
     logging.info("[%s] resumed from step %d of %d", s.stage, int(state.step), s.num_steps)
     return state, ckpts
 
