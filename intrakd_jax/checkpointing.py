@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sys
+import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -72,6 +74,37 @@ def is_storage_failure(e: BaseException) -> bool:
     return isinstance(e, OSError | ValueError) and any(m in str(e) for m in _IO_MARKERS)
 
 
+def _is_late_write_callback(unraisable: Any) -> bool:
+    """True for tensorstore reporting a write finished after orbax closed the save's event loop.
+
+    When one write of a save fails (a full disk), orbax's event loop ends with the error while the
+    save's other tensorstore writes are still in flight; each then delivers its result to the
+    closed loop, and tensorstore prints the RuntimeError (hundreds of tracebacks per save). Nobody
+    awaits those results: the failed save is already a StorageError and its folder is never read.
+    """
+    exc = unraisable.exc_value
+    if unraisable.object is not None or not isinstance(exc, RuntimeError):
+        return False
+    if str(exc) != "Event loop is closed" or exc.__traceback__ is None:
+        return False
+    frames = [f.f_code.co_name for f, _ in traceback.walk_tb(exc.__traceback__)]
+    return "call_soon_threadsafe" in frames
+
+
+def _quiet_late_write_callbacks() -> None:
+    """Drops the late-callback tracebacks of a failed save; other unraisable errors pass on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_late_write_callbacks", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_late_write_callback(unraisable):
+            previous(unraisable)
+
+    hook._drops_late_write_callbacks = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def _last_line(e: BaseException) -> str:
     lines = [line for line in str(e).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(e).__name__
@@ -87,6 +120,7 @@ class StageCheckpoints:
     """
 
     def __init__(self, stage_dir: str, max_to_keep: int = 2, best_metric: str = "miou"):
+        _quiet_late_write_callbacks()
         self.stage_dir = stage_dir
         self.latest = _manager(os.path.join(stage_dir, LATEST_DIR), max_to_keep, None)
         self.best = _manager(os.path.join(stage_dir, BEST_DIR), 1, best_metric)
