@@ -42,10 +42,11 @@ def get_base_config() -> ml_collections.ConfigDict:
             "bins": (1, 2, 3, 6),
             "head_channels": 512,
             "dropout_rate": 0.1,
-            # fast: CPU-tuned XLA conv gradients (CPU only) | xla | onednn: oneDNN convolutions
-            # through the XLA FFI on CPU (float32; built on first use, else one warning and
-            # fast; the fastest CPU step, BENCHMARKS.md). GPU/TPU run XLA's in every mode.
-            "conv_impl": "fast",
+            # auto: onednn where its pip packages are installed, else fast | fast: CPU-tuned XLA
+            # conv gradients (CPU only) | xla | onednn: oneDNN convolutions through the XLA FFI
+            # on CPU (float32; built on first use, else one warning and fast; the fastest CPU
+            # step, BENCHMARKS.md). GPU/TPU run XLA's in every mode.
+            "conv_impl": "auto",
             # (10, 20, 30, 60) with align_corners: the released IntRA-KD teacher's pyramid
             # (replaces the bins) and PyTorch-0.3 bilinear resizes (configs/apolloscape.py).
             "scale_series": (),
@@ -81,7 +82,7 @@ def get_base_config() -> ml_collections.ConfigDict:
                 "num_stage2_repeats": 2,
                 "stage1_dropout": 0.03,
                 "stage2_dropout": 0.3,
-                "conv_impl": "fast",
+                "conv_impl": "auto",
                 "remat": False,  # recompute block activations in the backward pass (less memory)
                 # True for weights trained on BGR images (init_from intrakd_erfnet).
                 "reverse_input_channels": False,
@@ -91,20 +92,20 @@ def get_base_config() -> ml_collections.ConfigDict:
                 "channels": (16, 64, 128),
                 "stage1_dropout": 0.01,
                 "dropout": 0.1,
-                "conv_impl": "fast",
+                "conv_impl": "auto",
             },
             # Dilated ResNets (output stride 8) with a light head (models/resnet_student.py).
             "resnet18": {
                 "base_width": 64,
                 "head_channels": 128,
                 "dropout_rate": 0.1,
-                "conv_impl": "fast",
+                "conv_impl": "auto",
             },
             "resnet34": {
                 "base_width": 64,
                 "head_channels": 128,
                 "dropout_rate": 0.1,
-                "conv_impl": "fast",
+                "conv_impl": "auto",
             },
         }
     )

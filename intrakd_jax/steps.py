@@ -137,10 +137,10 @@ def make_train_step(
     def per_device(state: TrainState, teacher_vars: Any, batch: dict[str, jax.Array]):
         images_bhwc, labels_bhw = batch["image"], batch["label"]
         key = jax.random.wrap_key_data(state.rng)
-        # Each device and step draws its own dropout masks.
-        dropout_key = jax.random.fold_in(
-            jax.random.fold_in(key, state.step), jax.lax.axis_index(DATA_AXIS)
-        )
+        # One dropout key per step for every device: the models' ChannelDropout draws each
+        # image's mask from its index in the global batch, so the masks (and a resumed run) do
+        # not depend on how many devices share the batch.
+        dropout_key = jax.random.fold_in(key, state.step)
         t_logits, t_taps = None, None
         if run_teacher:
             # Once per step and outside loss_fn: the gradient never traces through the teacher.

@@ -283,3 +283,26 @@ def test_onednn_is_an_accepted_conv_impl():
     assert "onednn" in conv_lib.CONV_IMPLS
     with pytest.raises(ValueError, match="must be one of"):
         conv_lib.check_conv_impl("conv_impl", "mkldnn")
+
+
+def test_auto_is_onednn_where_installed_and_fast_otherwise(monkeypatch, caplog):
+    # CI installs oneDNN (requirements-test.txt), so "auto", the models' default, runs it there.
+    assert onednn.installed()
+    assert conv_lib.resolve_conv_impl("auto") == "onednn"
+    x = jnp.asarray(np.random.default_rng(25).normal(size=(2, 6, 7, 4)), jnp.float32)
+    k = jnp.ones((3, 3, 4, 5), jnp.float32)
+    text = jax.jit(lambda a, b: conv_lib.conv2d(a, b, 1, "SAME")).lower(x, k).as_text()
+    assert "intrakd_onednn_conv_forward" in text
+
+    monkeypatch.setattr(onednn, "installed", lambda: False)
+    conv_lib._log_auto_without_onednn.cache_clear()
+    with caplog.at_level("INFO"):
+        assert conv_lib.resolve_conv_impl("auto") == "fast"
+        text = jax.jit(lambda a, b: conv_lib.conv2d(a, b, 1, "SAME", 1, "auto")).lower(x, k)
+    assert "intrakd_onednn" not in text.as_text()
+    said = [r.getMessage() for r in caplog.records if "oneDNN is not installed" in r.getMessage()]
+    assert len(said) == 1 and "pip install onednn" in said[0]  # once, with the way to get it
+    for impl in ("fast", "xla", "onednn"):
+        assert conv_lib.resolve_conv_impl(impl) == impl
+    with pytest.raises(ValueError, match="must be one of"):
+        conv_lib.resolve_conv_impl("cudnn")

@@ -556,19 +556,19 @@ def test_resume_on_4_then_2_then_1_devices_continues_the_same_run(tmp_path, refe
             resumed_at.append(_stopped_at(log))
         losses.update(_losses(log))
     assert sorted(losses) == list(range(1, STEPS + 1))
-    # The same global batch and data order on every device count. The first step on 2 devices
-    # starts from the 4-device run's exact parameters and sees the same 4 images; only the
-    # dropout masks differ (drawn per device, so they depend on how the batch is split) and the
-    # float reductions sum in another order: its loss stays within 1e-3 of the uninterrupted
-    # run's (measured: 1.6e-4), where another batch would differ by percents. Later steps drift
-    # by rounding that compounds (measured: at most 0.6 %), as in the 1-vs-4 device test.
+    # The same global batch and data order on every device count, and the same dropout masks
+    # (each image's mask comes from its index in the global batch): the first step on 2 devices
+    # starts from the 4-device run's exact parameters and reproduces the uninterrupted run's loss
+    # up to the float reductions' summation order (measured: exactly, steps 9-11), where another
+    # batch or other masks differ by 1e-3 to percents. Later steps drift by rounding that
+    # compounds in this tiny, fast-learning model (measured: at most 2.1 % by step 24).
     rel = {step: abs(losses[step] - ref_losses[step]) / ref_losses[step] for step in losses}
     table = repr(sorted(rel.items()))
     assert all(rel[step] == 0 for step in range(1, resumed_at[0] + 1)), table  # 4 devices: exact
-    assert rel[resumed_at[0] + 1] <= 1e-3, table
-    assert all(r <= 2e-2 for r in rel.values()), table
+    assert rel[resumed_at[0] + 1] <= 1e-5, table
+    assert all(r <= 5e-2 for r in rel.values()), table
     got = _final_params(tmp_path / "work")
     pairs = list(zip(jax.tree.leaves(ref["params"]), jax.tree.leaves(got["params"]), strict=True))
     diff = sum(float(np.sum((np.asarray(a) - np.asarray(b)) ** 2)) for a, b in pairs)
     norm = sum(float(np.sum(np.asarray(a) ** 2)) for a, _ in pairs)
-    assert (diff / norm) ** 0.5 < 1e-2, (diff / norm) ** 0.5
+    assert (diff / norm) ** 0.5 < 1e-2, (table, (diff / norm) ** 0.5)

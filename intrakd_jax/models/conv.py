@@ -29,7 +29,8 @@ with XLA's to float32 rounding (tests/test_conv_grad.py).
 calls, ``models/onednn``; the extension is compiled on first use) on CPU for float32 operands,
 and the phase-form transposed convolution on top of them; max pooling is the "fast" one. Other
 dtypes, and machines where the extension cannot be built (one warning says why), get "fast";
-GPU/TPU get XLA's (tests/test_onednn_conv.py).
+GPU/TPU get XLA's (tests/test_onednn_conv.py). ``impl="auto"``, the models' default, is
+"onednn" where its pip packages are installed and "fast" otherwise (``resolve_conv_impl``).
 
 The modules ``Conv`` and ``ConvTranspose`` are drop-ins for the ``nn.Conv`` / ``nn.ConvTranspose``
 uses in this package: the same parameter names, shapes, initialisers and RNG use, so checkpoints
@@ -46,6 +47,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax import lax
 
 # Light: the extension is built only when available() is first called.
@@ -57,13 +59,14 @@ __all__ = [
     "ConvImpl",
     "ConvTranspose",
     "check_conv_impl",
+    "resolve_conv_impl",
     "conv2d",
     "conv_transpose2d",
     "max_pool",
 ]
 
-ConvImpl = Literal["fast", "xla", "onednn"]
-CONV_IMPLS = ("fast", "xla", "onednn")
+ConvImpl = Literal["auto", "fast", "xla", "onednn"]
+CONV_IMPLS = ("auto", "fast", "xla", "onednn")
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 Pairs = tuple[tuple[int, int], tuple[int, int]]
@@ -73,6 +76,31 @@ def check_conv_impl(where: str, impl: Any) -> None:
     """Raises ValueError unless ``impl`` is one of ``CONV_IMPLS``; ``where`` names the field."""
     if impl not in CONV_IMPLS:
         raise ValueError(f"{where} must be one of {CONV_IMPLS}, got {impl!r}")
+
+
+def resolve_conv_impl(impl: ConvImpl) -> ConvImpl:
+    """``impl`` with "auto" made concrete: "onednn" where its pip packages are installed, else fast.
+
+    "onednn" was the fastest CPU step in every measurement (BENCHMARKS.md, issue 16) but its
+    runtimes take about 2 GB, so it is used when the user installed it; without it the "fast"
+    path runs and one log line says how to get oneDNN. GPU/TPU run XLA's convolutions either way.
+    """
+    check_conv_impl("conv_impl", impl)
+    if impl != "auto":
+        return impl
+    if onednn.installed():
+        return "onednn"
+    _log_auto_without_onednn()
+    return "fast"
+
+
+@functools.cache
+def _log_auto_without_onednn() -> None:
+    if jax.default_backend() == "cpu":
+        logging.info(
+            'conv_impl="auto": oneDNN is not installed, using the "fast" convolutions; '
+            "pip install onednn==2026.1.0 onednn-devel==2026.1.0 for 1.2-1.9x faster CPU steps"
+        )
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -124,7 +152,7 @@ def conv2d(
     strides: int | Sequence[int] = 1,
     padding: str | int | Sequence[Any] = "VALID",
     dilation: int | Sequence[int] = 1,
-    impl: ConvImpl = "fast",
+    impl: ConvImpl = "auto",
 ) -> jax.Array:
     """2-D convolution (cross-correlation), NHWC / HWIO, as ``lax.conv_general_dilated``.
 
@@ -134,7 +162,8 @@ def conv2d(
       strides: Window strides.
       padding: 'SAME', 'VALID', an int or ((lo, hi), (lo, hi)); negative values crop.
       dilation: Kernel (atrous) dilation.
-      impl: "fast" for the CPU-tuned gradient, "xla" for XLA's, "onednn" for oneDNN's
+      impl: "auto" (``resolve_conv_impl``: "onednn" where installed, else "fast"), "fast" for
+        the CPU-tuned gradient, "xla" for XLA's, "onednn" for oneDNN's
         convolutions (forward, dX and dW) on CPU through the XLA FFI; "onednn" computes float32
         only and uses "fast" for other dtypes or where the extension cannot be built.
 
@@ -142,6 +171,7 @@ def conv2d(
       (B, Ho, Wo, Cout) in the input dtype. Forward values are XLA's in "fast" and "xla" mode.
     """
     check_conv_impl("conv2d impl", impl)
+    impl = resolve_conv_impl(impl)
     if x_bhwc.ndim != 4 or kernel_hwio.ndim != 4 or x_bhwc.shape[-1] != kernel_hwio.shape[2]:
         raise ValueError(
             f"conv2d: expected x (B, H, W, C) and kernel (kh, kw, C, Cout), got {x_bhwc.shape} "
@@ -507,7 +537,7 @@ def conv_transpose2d(
     strides: int | Sequence[int],
     padding: str | int | Sequence[Any],
     transpose_kernel: bool = True,
-    impl: ConvImpl = "fast",
+    impl: ConvImpl = "auto",
 ) -> jax.Array:
     """``lax.conv_transpose`` (NHWC, no kernel dilation) without input dilation in "fast" mode.
 
@@ -519,13 +549,14 @@ def conv_transpose2d(
       padding: 'SAME', 'VALID', an int or explicit ((lo, hi), (lo, hi)) padding of the
         stride-dilated input, as ``lax.conv_transpose``.
       transpose_kernel: As ``lax.conv_transpose``.
-      impl: "fast" (phase form with ``conv2d`` gradients), "onednn" (the same phase form with
-        its convolution in oneDNN) or "xla" (``lax.conv_transpose``).
+      impl: "auto", "fast" (phase form with ``conv2d`` gradients), "onednn" (the same phase
+        form with its convolution in oneDNN) or "xla" (``lax.conv_transpose``).
 
     Returns:
       (B, Ho, Wo, Cout) with Ho = (H - 1) * sh + lo + hi - kh + 2 for explicit padding.
     """
     check_conv_impl("conv_transpose2d impl", impl)
+    impl = resolve_conv_impl(impl)
     s = _pair(strides, "strides")
     kh, kw = kernel.shape[:2]
     if isinstance(padding, str):
@@ -568,7 +599,7 @@ def max_pool(
     window: Sequence[int],
     strides: Sequence[int] | None = None,
     padding: str | Sequence[tuple[int, int]] = "VALID",
-    impl: ConvImpl = "fast",
+    impl: ConvImpl = "auto",
 ) -> jax.Array:
     """``nn.max_pool``; non-overlapping VALID windows that tile the input get a cheap gradient.
 
@@ -577,13 +608,14 @@ def max_pool(
       window: (wh, ww).
       strides: Defaults to the window.
       padding: As ``nn.max_pool``.
-      impl: "fast" and "onednn" use the reshape form where it applies (on CPU; elsewhere the
+      impl: "auto", "fast" and "onednn" use the reshape form where it applies (on CPU; elsewhere the
         plain gradient); "xla" always ``nn.max_pool``.
 
     Returns:
       The pooled features.
     """
     check_conv_impl("max_pool impl", impl)
+    impl = resolve_conv_impl(impl)
     window = tuple(int(w) for w in window)
     strides = window if strides is None else tuple(int(s) for s in strides)
     tiles = (
@@ -610,39 +642,61 @@ def _max_pool_tiles(x_bhwc, window):
     return jnp.max(_window_view(x_bhwc, window), axis=(2, 4))
 
 
+def _window_argmax(x_bhwc, window):
+    """Row-major position (i * ww + j) of each window's first maximum, (B, h, w, C) int32.
+
+    One variadic reduction computes it from the values it compares, so every window gets exactly
+    one position. (Comparing the input with the forward's max instead lost the gradient of whole
+    windows when XLA recomputed the input in another fusion with another rounding, e.g. the
+    1 / keep_prob scaling of dropout before an ERFNet downsampler.)
+    """
+    xv = _window_view(x_bhwc, window)  # (B, h, wh, w, ww, C)
+    ww = window[1]
+    pos = lax.broadcasted_iota(jnp.int32, xv.shape, 2) * ww + lax.broadcasted_iota(
+        jnp.int32, xv.shape, 4
+    )
+
+    def first_max(a, b):
+        (av, ai), (bv, bi) = a, b
+        take_a = (av > bv) | ((av == bv) & (ai < bi)) | jnp.isnan(av)
+        return jnp.where(take_a, av, bv), jnp.where(take_a, ai, bi)
+
+    init = (jnp.array(-jnp.inf, x_bhwc.dtype), jnp.array(np.iinfo(np.int32).max, jnp.int32))
+    _, index = lax.reduce((xv, pos), init, first_max, (2, 4))
+    return index
+
+
 def _max_pool_tiles_fwd(x_bhwc, window):
     y = _max_pool_tiles(x_bhwc, window)
-    return y, (x_bhwc, y)
+    index = lax.platform_dependent(
+        x_bhwc,
+        cpu=lambda x: _window_argmax(x, window),
+        # Unused (XLA's gradient off CPU); derived from x so that it varies over shard_map axes
+        # as the CPU branch's result does.
+        default=lambda x: x[:, :: window[0], :: window[1], :].astype(jnp.int32) * 0,
+    )
+    return y, (x_bhwc, index)
 
 
 def _max_pool_tiles_bwd(window, residuals, g):
-    x_bhwc, y = residuals
+    x_bhwc, index = residuals
 
-    def xla_grad(x_bhwc, g):
+    def xla_grad(x_bhwc, index, g):
         _, vjp = jax.vjp(lambda a: nn.max_pool(a, window, strides=window), x_bhwc)
         return vjp(g)[0]
 
-    def cpu_grad(x_bhwc, g):
-        xv = _window_view(x_bhwc, window)  # (B, h, wh, w, ww, C)
+    def cpu_grad(x_bhwc, index, g):
+        # Each window's cotangent goes to its first maximum (row-major), as select-and-scatter.
         wh, ww = window
-        taken = None
-        rows = []
-        # Row-major scan of the window: the first position equal to the max takes the gradient.
-        for i in range(wh):
-            cols = []
-            for j in range(ww):
-                hit = xv[:, :, i, :, j] == y
-                if taken is None:
-                    taken = hit
-                else:
-                    hit = hit & ~taken
-                    taken = taken | hit
-                cols.append(jnp.where(hit, g, jnp.zeros((), g.dtype)))
-            rows.append(jnp.stack(cols, axis=3))  # (B, h, w, ww, C)
-        dx = jnp.stack(rows, axis=2)  # (B, h, wh, w, ww, C)
+        shape = (*index.shape[:2], wh, index.shape[2], ww, index.shape[3])
+        pos = lax.broadcasted_iota(jnp.int32, shape, 2) * ww + lax.broadcasted_iota(
+            jnp.int32, shape, 4
+        )
+        hit = pos == index[:, :, None, :, None, :]
+        dx = jnp.where(hit, g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
         return dx.reshape(x_bhwc.shape)
 
-    return (lax.platform_dependent(x_bhwc, g, cpu=cpu_grad, default=xla_grad),)
+    return (lax.platform_dependent(x_bhwc, index, g, cpu=cpu_grad, default=xla_grad),)
 
 
 _max_pool_tiles.defvjp(_max_pool_tiles_fwd, _max_pool_tiles_bwd)
@@ -671,7 +725,7 @@ class Conv(nn.Module):
       param_dtype: Parameter dtype.
       kernel_init: Kernel initialiser.
       bias_init: Bias initialiser.
-      impl: "fast" (CPU-tuned gradients), "onednn" (oneDNN on CPU) or "xla".
+      impl: "auto", "fast" (CPU-tuned gradients), "onednn" (oneDNN on CPU) or "xla".
     """
 
     features: int
@@ -684,7 +738,7 @@ class Conv(nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Callable[..., Any] = _default_kernel_init
     bias_init: Callable[..., Any] = nn.initializers.zeros_init()
-    impl: ConvImpl = "fast"
+    impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x_bhwc: jax.Array) -> jax.Array:
@@ -725,7 +779,7 @@ class ConvTranspose(nn.Module):
       kernel_init: Kernel initialiser.
       bias_init: Bias initialiser.
       transpose_kernel: As ``nn.ConvTranspose``.
-      impl: "fast", "onednn" or "xla".
+      impl: "auto", "fast", "onednn" or "xla".
     """
 
     features: int
@@ -738,7 +792,7 @@ class ConvTranspose(nn.Module):
     kernel_init: Callable[..., Any] = _default_kernel_init
     bias_init: Callable[..., Any] = nn.initializers.zeros_init()
     transpose_kernel: bool = False
-    impl: ConvImpl = "fast"
+    impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x_bhwc: jax.Array) -> jax.Array:

@@ -39,7 +39,7 @@ from intrakd_jax.models.erfnet import (
     _check_widths,
     torch_conv_transpose_2d,
 )
-from intrakd_jax.models.layers import batch_norm
+from intrakd_jax.models.layers import ChannelDropout, batch_norm, norm_axis_name
 
 # ENet's bottlenecks 2.1-2.8 (repeated as 3.1-3.8 and, in ENet-SAD, 4.1-4.8).
 ENET_STAGE_BLOCKS: tuple[str, ...] = (
@@ -99,7 +99,7 @@ class PReLU(nn.Module):
 
 
 def max_unpool_2x2(
-    y_bhwc: jnp.ndarray, pool_input_bhwc: jnp.ndarray, impl: ConvImpl = "fast"
+    y_bhwc: jnp.ndarray, pool_input_bhwc: jnp.ndarray, impl: ConvImpl = "auto"
 ) -> jnp.ndarray:
     """``MaxUnpool2d(2)`` with the indices of a 2x2 max pool over ``pool_input_bhwc``.
 
@@ -133,7 +133,7 @@ class InitialBlock(nn.Module):
     out_channels: int
     norm: Any
     dtype: Any = jnp.float32
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray) -> jnp.ndarray:
@@ -169,7 +169,7 @@ class EncoderBottleneck(nn.Module):
     internal_ratio: int
     norm: Any
     dtype: Any = jnp.float32
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -195,8 +195,8 @@ class EncoderBottleneck(nn.Module):
         y = PReLU(self.dtype, name="prelu2")(self.norm(name="bn2")(y))
         y = conv(self.out_channels, (1, 1), padding="VALID", use_bias=False, name="conv3")(y)
         y = self.norm(name="bn3")(y)
-        # Torch SpatialDropout drops whole channels: share the mask over H and W.
-        y = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2))(y, deterministic=not train)
+        # Torch SpatialDropout drops whole channels: one mask per (image, channel).
+        y = ChannelDropout(self.dropout_rate, norm_axis_name(self.norm))(y, deterministic=not train)
         shortcut = x_bhwc
         if self.downsample:
             shortcut = max_pool(
@@ -222,7 +222,7 @@ class DecoderBottleneck(nn.Module):
     internal_ratio: int
     norm: Any
     dtype: Any = jnp.float32
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(
@@ -306,8 +306,9 @@ class ENet(nn.Module):
       internal_ratio: Bottleneck width = block output width // internal_ratio (4 in ENet).
       stage1_dropout: Channel dropout of the E1 bottlenecks (0.01).
       dropout: Channel dropout of the E2-E4 bottlenecks (0.1).
-      conv_impl: "fast" (CPU-tuned convolution and pooling gradients, ``models.conv``) or "xla"
-        (Flax's computation); same parameters.
+      conv_impl: "auto" (default: "onednn" where installed, else "fast"), "fast" (CPU-tuned
+        convolution and pooling gradients, ``models.conv``), "onednn" or "xla" (Flax's
+        computation); same parameters.
     """
 
     num_classes: int
@@ -321,7 +322,7 @@ class ENet(nn.Module):
     internal_ratio: int = 4
     stage1_dropout: float = 0.01
     dropout: float = 0.1
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
 
     tap_levels: ClassVar[dict[str, str]] = {"high": "e4", "mid": "e1"}
     sad_taps: ClassVar[tuple[str, ...]] = ("e2", "e3", "e4")

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from intrakd_jax.models.conv import Conv, ConvImpl, ConvTranspose, check_conv_impl, max_pool
-from intrakd_jax.models.layers import batch_norm
+from intrakd_jax.models.layers import ChannelDropout, batch_norm, norm_axis_name
 
 # PyTorch's default conv init (kaiming_uniform, a=sqrt(5)) is uniform with variance 1/(3 fan_in).
 _TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -62,7 +62,7 @@ def torch_conv_transpose_2d(
     stride: int,
     padding: int = 0,
     output_padding: int = 0,
-    impl: ConvImpl = "fast",
+    impl: ConvImpl = "auto",
     **kwargs: Any,
 ) -> ConvTranspose:
     """A transposed convolution with PyTorch ``ConvTranspose2d`` semantics (NHWC).
@@ -77,8 +77,9 @@ def torch_conv_transpose_2d(
       stride: Stride along both axes.
       padding: PyTorch ``padding``.
       output_padding: PyTorch ``output_padding``.
-      impl: "fast" (no inserted zeros, CPU-tuned gradients; ``models.conv``) or "xla"
-        (``lax.conv_transpose``); the parameters are those of ``nn.ConvTranspose`` either way.
+      impl: "auto", "fast" (no inserted zeros, CPU-tuned gradients; ``models.conv``), "onednn"
+        or "xla" (``lax.conv_transpose``); the parameters are those of ``nn.ConvTranspose``
+        in every mode.
       **kwargs: Passed to ``conv.ConvTranspose`` (``name``, ``dtype``, ``use_bias``, inits).
 
     Returns:
@@ -103,7 +104,7 @@ class DownsamplerBlock(nn.Module):
     out_channels: int
     norm: Any
     dtype: Any = jnp.float32
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray) -> jnp.ndarray:
@@ -137,7 +138,7 @@ class NonBottleneck1d(nn.Module):
     dilation: int
     norm: Any
     dtype: Any = jnp.float32
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -155,8 +156,8 @@ class NonBottleneck1d(nn.Module):
         y = nn.relu(y)
         y = conv((1, 3), padding=((0, 0), (d, d)), kernel_dilation=(1, d), name="conv1x3_2")(y)
         y = self.norm(name="bn2")(y)
-        # PyTorch Dropout2d drops whole channels: share the mask over H and W.
-        y = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2))(y, deterministic=not train)
+        # PyTorch Dropout2d drops whole channels: one mask per (image, channel).
+        y = ChannelDropout(self.dropout_rate, norm_axis_name(self.norm))(y, deterministic=not train)
         return nn.relu(y + x_bhwc)
 
 
@@ -175,7 +176,7 @@ class UpsamplerBlock(nn.Module):
     out_channels: int
     norm: Any
     dtype: Any = jnp.float32
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray) -> jnp.ndarray:
@@ -204,7 +205,7 @@ class ERFNetEncoder(nn.Module):
     stage2_dropout: float
     norm: Any
     dtype: Any = jnp.float32
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
     remat: bool = False
 
     @nn.compact
@@ -248,7 +249,7 @@ class ERFNetDecoder(nn.Module):
     num_classes: int
     norm: Any
     dtype: Any = jnp.float32
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
     remat: bool = False
 
     @nn.compact
@@ -296,9 +297,11 @@ class ERFNet(nn.Module):
       stage2_dilations: Dilations of one group at 1/8 resolution.
       stage1_dropout: Channel dropout rate of the 1/4 blocks (Romera et al.: 0.03).
       stage2_dropout: Channel dropout rate of the 1/8 blocks (Romera et al.: 0.3).
-      conv_impl: "fast" (default): convolutions, transposed convolutions and max pooling with
-        CPU-tuned gradients (``models.conv``; plain XLA gradients on other backends); "xla":
-        Flax's ``nn.Conv`` / ``nn.ConvTranspose`` / ``nn.max_pool`` computation. Same parameters.
+      conv_impl: "auto" (default): "onednn" where its pip packages are installed, else "fast";
+        "fast": convolutions, transposed convolutions and max pooling with CPU-tuned gradients
+        (``models.conv``; plain XLA gradients on other backends); "onednn": oneDNN's kernels on
+        CPU; "xla": Flax's ``nn.Conv`` / ``nn.ConvTranspose`` / ``nn.max_pool`` computation.
+        Same parameters.
       remat: Recompute each residual block's activations in the backward pass (gradient
         checkpointing): one more forward pass of the blocks for much less memory at large
         inputs, e.g. the ApolloScape distill step at batch 8 (BENCHMARKS.md). Same parameters
@@ -320,7 +323,7 @@ class ERFNet(nn.Module):
     stage2_dilations: tuple[int, ...] = (2, 4, 8, 16)
     stage1_dropout: float = 0.03
     stage2_dropout: float = 0.3
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
     remat: bool = False
     reverse_input_channels: bool = False
 

@@ -6,6 +6,8 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 
 def batch_norm(module: Any, train: bool) -> functools.partial:
@@ -22,3 +24,46 @@ def batch_norm(module: Any, train: bool) -> functools.partial:
         axis_name=module.bn_axis_name,
         dtype=module.dtype,
     )
+
+
+def norm_axis_name(norm: Any) -> str | None:
+    """The cross-device axis of a ``batch_norm`` factory (None outside a data-parallel step)."""
+    return norm.keywords.get("axis_name") if isinstance(norm, functools.partial) else None
+
+
+class ChannelDropout(nn.Module):
+    """Channel dropout (PyTorch ``Dropout2d``) whose masks do not depend on the device count.
+
+    Example ``i`` of the global batch keeps channel ``c`` by a draw from ``fold_in(key, i)``,
+    where ``key`` is the step's one dropout key (the same on every device) and, inside
+    ``shard_map`` over ``axis_name``, ``i = axis_index * local_batch + local index``. A batch split
+    over 1, 2 or 4 devices therefore drops the same channels of the same images, so a run resumed
+    on another device count continues as the uninterrupted run would (up to float rounding).
+
+    Attributes:
+      rate: Probability of dropping a channel.
+      axis_name: The data-parallel axis (the model's ``bn_axis_name``), or None.
+    """
+
+    rate: float
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x_bhwc: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x_bhwc
+        if self.rate == 1.0:
+            return jnp.zeros_like(x_bhwc)
+        key = self.make_rng("dropout")
+        local = x_bhwc.shape[0]
+        first = 0 if self.axis_name is None else jax.lax.axis_index(self.axis_name) * local
+        keep_prob = 1.0 - self.rate
+
+        def keep(i):
+            return jax.random.bernoulli(
+                jax.random.fold_in(key, i), keep_prob, (1, 1, x_bhwc.shape[-1])
+            )
+
+        keep_b11c = jax.vmap(keep)(first + jnp.arange(local))
+        scaled = x_bhwc / jnp.asarray(keep_prob, x_bhwc.dtype)
+        return jnp.where(keep_b11c, scaled, jnp.zeros_like(x_bhwc))

@@ -26,7 +26,7 @@ import numpy as np
 
 from intrakd_jax.models.conv import Conv, ConvImpl, check_conv_impl
 from intrakd_jax.models.erfnet import _check_rates
-from intrakd_jax.models.layers import batch_norm
+from intrakd_jax.models.layers import ChannelDropout, batch_norm
 from intrakd_jax.models.resnet import KAIMING_FAN_OUT, DilatedResNet, resnet_feature_channels
 
 
@@ -146,7 +146,7 @@ class PyramidPoolingModule(nn.Module):
     reduction_channels: int
     norm: Any
     dtype: Any = jnp.float32
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
     align_corners: bool = False
 
     def _branch(self, i: int, y_bhwc: jnp.ndarray) -> jnp.ndarray:
@@ -307,8 +307,8 @@ def segmentation_head(
         name="head_conv",
     )(feat_bhwc)
     head_bhwc = nn.relu(batch_norm(module, train)(name="head_bn")(y))
-    # PyTorch Dropout2d drops whole channels: share the mask over H and W.
-    y = nn.Dropout(module.dropout_rate, broadcast_dims=(1, 2))(head_bhwc, deterministic=not train)
+    # PyTorch Dropout2d drops whole channels: one mask per (image, channel).
+    y = ChannelDropout(module.dropout_rate, module.bn_axis_name)(head_bhwc, deterministic=not train)
     logits = Conv(
         module.num_classes,
         (1, 1),
@@ -344,8 +344,9 @@ class PSPNet(nn.Module):
       bins: Pyramid pooling output sizes (b x b each); unused when ``scale_series`` is set.
       head_channels: Channels of the 3x3 head conv (the "psp" tap).
       dropout_rate: Channel dropout before the classifier.
-      conv_impl: "fast" (CPU-tuned convolution gradients, ``models.conv``) or "xla" (Flax's
-        ``nn.Conv`` computation); same parameters.
+      conv_impl: "auto" (default: "onednn" where installed, else "fast"), "fast" (CPU-tuned
+        convolution gradients, ``models.conv``), "onednn" or "xla" (Flax's ``nn.Conv``
+        computation); same parameters.
       scale_series: Non-empty: the released IntRA-KD pyramid (``ScalePyramidModule``, e.g.
         (10, 20, 30, 60)) replaces the adaptive pooling over ``bins``; same parameter names.
       align_corners: Every bilinear resize (pyramid and logits) with ``align_corners=True``, the
@@ -363,7 +364,7 @@ class PSPNet(nn.Module):
     bins: tuple[int, ...] = (1, 2, 3, 6)
     head_channels: int = 512
     dropout_rate: float = 0.1
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
     scale_series: tuple[int, ...] = ()
     align_corners: bool = False
 

@@ -145,8 +145,9 @@ class DilatedResNet(nn.Module):
       bn_axis_name: Axis name for cross-device BatchNorm statistics.
       bn_momentum: Flax BatchNorm momentum (0.9 equals PyTorch momentum 0.1).
       bn_epsilon: BatchNorm epsilon.
-      conv_impl: "fast" (CPU-tuned convolution gradients, ``models.conv``) or "xla" (Flax's
-        ``nn.Conv`` computation); same parameters.
+      conv_impl: "auto" (default: "onednn" where installed, else "fast"), "fast" (CPU-tuned
+        convolution gradients, ``models.conv``), "onednn" or "xla" (Flax's ``nn.Conv``
+        computation); same parameters.
     """
 
     depth: int = 101
@@ -156,7 +157,7 @@ class DilatedResNet(nn.Module):
     bn_axis_name: str | None = None
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
 
     def __post_init__(self) -> None:
         _layout(self.depth)

@@ -63,8 +63,9 @@ class ResNetStudent(nn.Module):
       deep_stem: Three 3x3 stem convs instead of the 7x7 one (torchvision weights need 7x7).
       head_channels: Channels of the 3x3 head conv (the "head" tap).
       dropout_rate: Channel dropout before the classifier.
-      conv_impl: "fast" (CPU-tuned convolution gradients, ``models.conv``) or "xla" (Flax's
-        ``nn.Conv`` computation); same parameters.
+      conv_impl: "auto" (default: "onednn" where installed, else "fast"), "fast" (CPU-tuned
+        convolution gradients, ``models.conv``), "onednn" or "xla" (Flax's ``nn.Conv``
+        computation); same parameters.
     """
 
     num_classes: int
@@ -77,7 +78,7 @@ class ResNetStudent(nn.Module):
     deep_stem: bool = False
     head_channels: int = 128
     dropout_rate: float = 0.1
-    conv_impl: ConvImpl = "fast"
+    conv_impl: ConvImpl = "auto"
 
     tap_levels: ClassVar[dict[str, str]] = {"high": "head", "mid": "layer1"}
     sad_taps: ClassVar[tuple[str, ...]] = ("layer2", "layer3", "layer4")

@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 
 __all__ = [
     "available",
+    "installed",
     "conv_backward_data",
     "conv_backward_weights",
     "conv_forward",
@@ -177,6 +178,16 @@ def _load(path: Path) -> None:
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ok": bool once decided, "why": the reason when not
+
+
+def installed() -> bool:
+    """Whether the ``onednn`` and ``onednn-devel`` pip packages are installed (nothing is built)."""
+    for dist in ("onednn", "onednn-devel"):
+        try:
+            importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return False
+    return True
 
 
 def available() -> bool:
