@@ -50,6 +50,7 @@ class ChannelDropout(nn.Module):
 
     @nn.compact
     def __call__(self, x_bhwc: jax.Array, deterministic: bool) -> jax.Array:
+        """Drops whole channels of each image (B, H, W, C) with probability ``rate`` in training."""
         if deterministic or self.rate == 0.0:
             return x_bhwc
         if self.rate == 1.0:
