@@ -642,6 +642,13 @@ def _max_pool_tiles(x_bhwc, window):
     return jnp.max(_window_view(x_bhwc, window), axis=(2, 4))
 
 
+def _window_positions(view_shape, window):
+    """Row-major position i * ww + j inside the window, over a ``_window_view`` shape (int32)."""
+    return lax.broadcasted_iota(jnp.int32, view_shape, 2) * window[1] + lax.broadcasted_iota(
+        jnp.int32, view_shape, 4
+    )
+
+
 def _window_argmax(x_bhwc, window):
     """Row-major position (i * ww + j) of each window's first maximum, (B, h, w, C) int32.
 
@@ -651,10 +658,7 @@ def _window_argmax(x_bhwc, window):
     1 / keep_prob scaling of dropout before an ERFNet downsampler.)
     """
     xv = _window_view(x_bhwc, window)  # (B, h, wh, w, ww, C)
-    ww = window[1]
-    pos = lax.broadcasted_iota(jnp.int32, xv.shape, 2) * ww + lax.broadcasted_iota(
-        jnp.int32, xv.shape, 4
-    )
+    pos = _window_positions(xv.shape, window)
 
     def first_max(a, b):
         (av, ai), (bv, bi) = a, b
@@ -689,9 +693,7 @@ def _max_pool_tiles_bwd(window, residuals, g):
         # Each window's cotangent goes to its first maximum (row-major), as select-and-scatter.
         wh, ww = window
         shape = (*index.shape[:2], wh, index.shape[2], ww, index.shape[3])
-        pos = lax.broadcasted_iota(jnp.int32, shape, 2) * ww + lax.broadcasted_iota(
-            jnp.int32, shape, 4
-        )
+        pos = _window_positions(shape, window)
         hit = pos == index[:, :, None, :, None, :]
         dx = jnp.where(hit, g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
         return dx.reshape(x_bhwc.shape)

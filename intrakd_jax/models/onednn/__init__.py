@@ -18,6 +18,7 @@ the cores except where XLA runs independent operations side by side.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -180,8 +181,12 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ok": bool once decided, "why": the reason when not
 
 
+@functools.cache
 def installed() -> bool:
-    """Whether the ``onednn`` and ``onednn-devel`` pip packages are installed (nothing is built)."""
+    """Whether the ``onednn`` and ``onednn-devel`` pip packages are installed (nothing is built).
+
+    Asked at every convolution's trace; the installed packages do not change within a process.
+    """
     for dist in ("onednn", "onednn-devel"):
         try:
             importlib.metadata.version(dist)
