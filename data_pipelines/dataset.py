@@ -14,6 +14,7 @@ import abc
 import dataclasses
 import io
 import itertools
+import math
 import os
 from collections.abc import Sequence
 
@@ -363,6 +364,14 @@ class FolderDataset(SegmentationDataset):
         if len(weights) != len(class_names):
             raise DataConfigError(
                 f"config.data.class_weights has {len(weights)} entries; {classes_desc}"
+            )
+        pairs = zip(class_names, weights, strict=True)
+        bad = [(name, w) for name, w in pairs if not 0.0 <= w < math.inf]
+        if bad:
+            # A NaN or infinite weight makes every loss NaN; a negative one rewards mistakes.
+            raise DataConfigError(
+                "config.data.class_weights must be finite and >= 0, got "
+                + ", ".join(f"{w} for class {name!r}" for name, w in bad)
             )
         self._train_split_name = config_choice(config, "train_split", self.SPLITS, "train")
         self._eval_split_name = config_choice(config, "eval_split", self.SPLITS, "valid")

@@ -414,6 +414,10 @@ def test_config_errors(data_dir):
         data_pipelines.get_dataset(make_config(data_dir, name="kitti"))
     with pytest.raises(DataConfigError, match="class_weights has 4 entries.*5 classes"):
         data_pipelines.get_dataset(make_config(data_dir, class_weights=(1.0, 1.0, 1.0, 1.0)))
+    with pytest.raises(DataConfigError, match=r"finite and >= 0, got nan for class '\w+', -1.0"):
+        data_pipelines.get_dataset(
+            make_config(data_dir, class_weights=(float("nan"), -1.0, 1.0, 1.0, 1.0))
+        )
     with pytest.raises(DataConfigError, match="label_type"):
         data_pipelines.get_dataset(make_config(data_dir, label_type="instance"))
     with pytest.raises(DataConfigError, match="scale_range"):
