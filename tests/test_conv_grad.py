@@ -163,19 +163,19 @@ def test_conv_gradient_inside_shard_map_sums_over_devices(impl):
     rng = np.random.default_rng(2)
     x = jnp.asarray(_rand(rng, (n_dev * 2, 8, 9, 16), relu=True), jnp.float32)
     k = jnp.asarray(_rand(rng, (3, 1, 16, 128)), jnp.float32)
+    b = jnp.asarray(_rand(rng, (128,)), jnp.float32)  # onednn: the fused-bias primitives
 
-    def loss(kernel, xb, impl):
-        def per_device(kernel, xb):
-            y = conv_lib.conv2d(xb, kernel, 1, ((1, 1), (0, 0)), 1, impl)
+    def loss(kernel, bias, xb, impl):
+        def per_device(kernel, bias, xb):
+            y = conv_lib.conv2d(xb, kernel, 1, ((1, 1), (0, 0)), 1, impl, bias=bias)
             return jax.lax.psum(jnp.sum(y * y), "data")
 
-        return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("data")), out_specs=P())(
-            kernel, xb
-        )
+        specs = (P(), P(), P("data"))
+        return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P())(kernel, bias, xb)
 
     x = jax.device_put(x, jax.NamedSharding(mesh, P("data")))
     grads = {
-        name: jax.jit(jax.grad(functools.partial(loss, impl=name), argnums=(0, 1)))(k, x)
+        name: jax.jit(jax.grad(functools.partial(loss, impl=name), argnums=(0, 1, 2)))(k, b, x)
         for name in (impl, "xla")
     }
     for a, b in zip(grads[impl], grads["xla"], strict=True):

@@ -139,6 +139,39 @@ def test_conv_values_and_gradients_match_numpy_and_xla(index):
         assert _rel_err(a, b) < RTOL, (name, case)
 
 
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _biased_conv_and_grads(x, k, b, g, strides, padding, dilation, impl):
+    def f(x, k, b):
+        return conv_lib.conv2d(x, k, strides, padding, dilation, impl, bias=b)
+
+    y, vjp = jax.vjp(f, x, k, b)
+    return y, *vjp(g)
+
+
+@pytest.mark.parametrize("index", [3, 8, 9, 10, 11])
+def test_the_fused_bias_and_its_gradient_match_numpy(index):
+    # The bias is added inside oneDNN's forward primitive and its gradient summed inside the
+    # backward-weights primitive: reference y + b and db = sum of g over batch and positions.
+    xs, ks, strides, padding, dilation = case = CASES[index]
+    (x, k, g), (y64, dx64, dw64) = _case(index)
+    b = np.random.default_rng(100 + index).normal(size=ks[3])
+    want = (y64 + b, dx64, dw64, g.sum(axis=(0, 1, 2)))
+    args = [jnp.asarray(a, jnp.float32) for a in (x, k, b, g)]
+    for impl in ("onednn", "xla"):
+        got = _biased_conv_and_grads(*args, strides, padding, dilation, impl)
+        for name, a, ref in zip(("y", "dx", "dw", "db"), got, want, strict=True):
+            assert _rel_err(a, ref) < RTOL, (impl, name, case)
+    lowered = _biased_conv_and_grads.lower(*args, strides, padding, dilation, "onednn").as_text()
+    assert "intrakd_onednn_conv_forward_bias" in lowered
+    assert "intrakd_onednn_conv_backward_weights_bias" in lowered
+
+
+def test_a_bias_of_the_wrong_shape_is_named():
+    x, k = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 5))
+    with pytest.raises(ValueError, match=r"bias of shape \(5,\), got \(4,\)"):
+        conv_lib.conv2d(x, k, 1, "SAME", 1, "onednn", bias=jnp.ones(4))
+
+
 def test_the_custom_calls_are_in_the_compiled_program():
     # Guards against a silent fallback: the forward and both gradients must be oneDNN's.
     x, k = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 5))

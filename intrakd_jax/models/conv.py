@@ -153,6 +153,7 @@ def conv2d(
     padding: str | int | Sequence[Any] = "VALID",
     dilation: int | Sequence[int] = 1,
     impl: ConvImpl = "auto",
+    bias: jax.Array | None = None,
 ) -> jax.Array:
     """2-D convolution (cross-correlation), NHWC / HWIO, as ``lax.conv_general_dilated``.
 
@@ -166,6 +167,8 @@ def conv2d(
         the CPU-tuned gradient, "xla" for XLA's, "onednn" for oneDNN's
         convolutions (forward, dX and dW) on CPU through the XLA FFI; "onednn" computes float32
         only and uses "fast" for other dtypes or where the extension cannot be built.
+      bias: (Cout,) added to the output, or None. oneDNN adds it inside the convolution and sums
+        its gradient inside the backward-weights primitive, saving two passes over the output.
 
     Returns:
       (B, Ho, Wo, Cout) in the input dtype. Forward values are XLA's in "fast" and "xla" mode.
@@ -181,9 +184,11 @@ def conv2d(
     d = _pair(dilation, "dilation")
     window = [(k - 1) * di + 1 for k, di in zip(kernel_hwio.shape[:2], d, strict=True)]
     pads = _padding_pairs(padding, x_bhwc.shape[1:3], window, s)
-    if impl == "xla":
-        return _xla_conv(x_bhwc, kernel_hwio, s, pads, d)
-    if impl == "onednn" and _onednn_applies(x_bhwc, kernel_hwio):
+    if bias is not None and bias.shape != kernel_hwio.shape[3:]:
+        raise ValueError(
+            f"conv2d: expected a bias of shape ({kernel_hwio.shape[3]},), got {bias.shape}"
+        )
+    if impl == "onednn" and _onednn_applies(x_bhwc, kernel_hwio, bias):
         # oneDNN takes non-negative padding only: a negative pad is a crop, done here so that
         # its gradient (a pad) comes from JAX.
         x_bhwc = x_bhwc[
@@ -192,19 +197,23 @@ def conv2d(
             max(-pads[1][0], 0) : x_bhwc.shape[2] - max(-pads[1][1], 0),
         ]
         pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
-        x_bhwc, kernel_hwio = _same_varying_axes(x_bhwc, kernel_hwio)
-        return _conv_onednn(x_bhwc, kernel_hwio, s, pads, d)
-    x_bhwc, kernel_hwio = _same_varying_axes(x_bhwc, kernel_hwio)
-    return _conv_fast(x_bhwc, kernel_hwio, s, pads, d)
+        x_bhwc, kernel_hwio, bias = same_varying_axes(x_bhwc, kernel_hwio, bias)
+        return _conv_onednn(x_bhwc, kernel_hwio, bias, s, pads, d)
+    if impl == "xla":
+        y = _xla_conv(x_bhwc, kernel_hwio, s, pads, d)
+    else:
+        x_bhwc, kernel_hwio = same_varying_axes(x_bhwc, kernel_hwio)
+        y = _conv_fast(x_bhwc, kernel_hwio, s, pads, d)
+    return y if bias is None else y + bias
 
 
-def _onednn_applies(x: jax.Array, kernel: jax.Array) -> bool:
+def _onednn_applies(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> bool:
     """Whether ``impl="onednn"`` runs oneDNN: float32 operands and a built extension.
 
     The extension is built (or found in the cache) on the first call; when that fails,
     ``onednn.available`` warns once and every "onednn" convolution runs the "fast" formulation.
     """
-    if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
+    if any(a is not None and a.dtype != jnp.float32 for a in (x, kernel, bias)):
         return False
     if jax.default_backend() != "cpu":
         # On GPU/TPU the CPU branch never runs: no build, no warning about a missing oneDNN.
@@ -217,17 +226,20 @@ def _varying_axes(a: jax.Array) -> frozenset:
     return jax.typeof(a).manual_axis_type.varying
 
 
-def _same_varying_axes(*arrays: jax.Array) -> list[jax.Array]:
-    """Casts arrays to vary over the union of their shard_map manual axes.
+def same_varying_axes(*arrays: jax.Array | None) -> list[jax.Array | None]:
+    """Casts arrays (None entries pass through) to vary over the union of their shard_map axes.
 
     Inside ``shard_map`` the (replicated) kernel does not vary over the data axis while the
     activations do. A custom gradient must return each cotangent with its primal's type, so the
     kernel is made varying before entering ``_conv_fast`` (whose dW is then per device) and the
     transpose of this cast sums dW over devices, exactly as XLA's own gradient would.
     """
-    axes = set().union(*(_varying_axes(a) for a in arrays))
+    axes = set().union(*(_varying_axes(a) for a in arrays if a is not None))
     out = []
     for a in arrays:
+        if a is None:
+            out.append(a)
+            continue
         missing = tuple(sorted(axes - _varying_axes(a)))
         out.append(lax.pcast(a, missing, to="varying") if missing else a)
     return out
@@ -312,35 +324,45 @@ _conv_fast.defvjp(_conv_fast_fwd, _conv_fast_bwd)
 # ----------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_onednn(x, kernel, strides, padding, dilation):
-    return lax.platform_dependent(
-        x,
-        kernel,
-        cpu=functools.partial(
-            onednn.conv_forward, strides=strides, padding=padding, dilation=dilation
-        ),
-        default=functools.partial(_xla_conv, strides=strides, padding=padding, dilation=dilation),
-    )
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _conv_onednn(x, kernel, bias, strides, padding, dilation):
+    """The convolution (plus ``bias`` unless None) in oneDNN on CPU, in XLA elsewhere."""
+
+    def cpu(x, kernel, bias):
+        return onednn.conv_forward(x, kernel, strides, padding, dilation, bias)
+
+    def default(x, kernel, bias):
+        y = _xla_conv(x, kernel, strides, padding, dilation)
+        return y if bias is None else y + bias
+
+    return lax.platform_dependent(x, kernel, bias, cpu=cpu, default=default)
 
 
-def _conv_onednn_fwd(x, kernel, strides, padding, dilation):
-    return _conv_onednn(x, kernel, strides, padding, dilation), (x, kernel)
+def _conv_onednn_fwd(x, kernel, bias, strides, padding, dilation):
+    return _conv_onednn(x, kernel, bias, strides, padding, dilation), (x, kernel, bias)
 
 
 def _conv_onednn_bwd(strides, padding, dilation, residuals, g):
-    x, kernel = residuals
+    x, kernel, bias = residuals
+    no_bias = bias is None
 
     def xla_grads(x, kernel, g):
         _, vjp = jax.vjp(lambda a, b: _xla_conv(a, b, strides, padding, dilation), x, kernel)
-        return vjp(g)
+        dx, dw = vjp(g)
+        return dx, dw, None if no_bias else jnp.sum(g, axis=(0, 1, 2))
 
     def cpu_grads(x, kernel, g):
-        # Inside shard_map x, kernel and g vary over the same axes (conv2d casts them), so dW is
-        # per device here and the transpose of conv2d's cast sums it, as for "fast".
+        # Inside shard_map x, kernel, bias and g vary over the same axes (conv2d casts them), so
+        # dW and db are per device here and the transpose of conv2d's cast sums them, as for
+        # "fast".
         dx = onednn.conv_backward_data(g, kernel, x.shape, strides, padding, dilation)
-        dw = onednn.conv_backward_weights(x, g, kernel.shape, strides, padding, dilation)
-        return dx, dw
+        if no_bias:
+            dw = onednn.conv_backward_weights(x, g, kernel.shape, strides, padding, dilation)
+            return dx, dw, None
+        dw, db = onednn.conv_backward_weights(
+            x, g, kernel.shape, strides, padding, dilation, with_bias=True
+        )
+        return dx, dw, db
 
     return lax.platform_dependent(x, kernel, g, cpu=cpu_grads, default=xla_grads)
 
@@ -758,10 +780,9 @@ class Conv(nn.Module):
             else None
         )
         x_bhwc, kernel, bias = nn.dtypes.promote_dtype(x_bhwc, kernel, bias, dtype=self.dtype)
-        y = conv2d(x_bhwc, kernel, self.strides, self.padding, self.kernel_dilation, self.impl)
-        if bias is not None:
-            y = y + bias
-        return y
+        return conv2d(
+            x_bhwc, kernel, self.strides, self.padding, self.kernel_dilation, self.impl, bias
+        )
 
 
 class ConvTranspose(nn.Module):

@@ -1,8 +1,9 @@
 """oneDNN convolutions for XLA:CPU through the XLA FFI, built on first use.
 
 ``onednn_conv.cc`` wraps oneDNN's ``convolution_forward``, ``convolution_backward_data`` and
-``convolution_backward_weights`` (NHWC activations, HWIO weights, float32) as three XLA FFI
-handlers. ``available()`` compiles it with ``g++`` against the headers of jaxlib
+``convolution_backward_weights`` (NHWC activations, HWIO weights, float32) as XLA FFI handlers;
+the forward and backward-weights ones also come with a fused bias (its gradient summed inside the
+primitive). ``available()`` compiles it with ``g++`` against the headers of jaxlib
 (``jax.ffi.include_dir()``) and of the ``onednn-devel`` wheel, links it to ``libdnnl`` of the
 ``onednn`` wheel, caches the shared library under ``$XDG_CACHE_HOME/intrakd_jax`` (default
 ``~/.cache/intrakd_jax``) keyed by a hash of the source, the jaxlib version and the oneDNN version,
@@ -47,8 +48,10 @@ __all__ = [
 _SOURCE = Path(__file__).with_name("onednn_conv.cc")
 _TARGETS = {
     "intrakd_onednn_conv_forward": "IntrakdOnednnConvForward",
+    "intrakd_onednn_conv_forward_bias": "IntrakdOnednnConvForwardBias",
     "intrakd_onednn_conv_backward_data": "IntrakdOnednnConvBackwardData",
     "intrakd_onednn_conv_backward_weights": "IntrakdOnednnConvBackwardWeights",
+    "intrakd_onednn_conv_backward_weights_bias": "IntrakdOnednnConvBackwardWeightsBias",
 }
 Pairs = tuple[tuple[int, int], tuple[int, int]]
 
@@ -248,7 +251,12 @@ def _out_hw(in_hw, kernel_hw, strides, padding, dilation) -> tuple[int, int]:
 
 
 def conv_forward(
-    x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Pairs, dilation: Sequence[int]
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: Pairs,
+    dilation: Sequence[int],
+    bias: jax.Array | None = None,
 ) -> jax.Array:
     """Forward convolution in oneDNN, NHWC x HWIO -> NHWC, float32, non-negative padding.
 
@@ -258,14 +266,19 @@ def conv_forward(
       strides: (sh, sw).
       padding: ((top, bottom), (left, right)), each >= 0.
       dilation: (dh, dw), 1 = dense.
+      bias: (Cout,) added to every output position inside the primitive, or None.
 
     Returns:
-      (B, Ho, Wo, Cout) as ``lax.conv_general_dilated``.
+      (B, Ho, Wo, Cout) as ``lax.conv_general_dilated`` (plus the bias).
     """
     ho, wo = _out_hw(x.shape[1:3], kernel.shape[:2], strides, padding, dilation)
     out = _result((x.shape[0], ho, wo, kernel.shape[3]), x)
-    call = jax.ffi.ffi_call("intrakd_onednn_conv_forward", out, vmap_method="sequential")
-    return call(x, kernel, **_attrs(strides, padding, dilation))
+    attrs = _attrs(strides, padding, dilation)
+    if bias is None:
+        call = jax.ffi.ffi_call("intrakd_onednn_conv_forward", out, vmap_method="sequential")
+        return call(x, kernel, **attrs)
+    call = jax.ffi.ffi_call("intrakd_onednn_conv_forward_bias", out, vmap_method="sequential")
+    return call(x, kernel, bias, **attrs)
 
 
 def conv_backward_data(
@@ -289,8 +302,22 @@ def conv_backward_weights(
     strides: Sequence[int],
     padding: Pairs,
     dilation: Sequence[int],
-) -> jax.Array:
-    """Gradient of ``conv_forward`` (oneDNN) with respect to the kernel (HWIO)."""
+    with_bias: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Gradient of ``conv_forward`` (oneDNN) with respect to the kernel (HWIO).
+
+    With ``with_bias`` also the bias gradient (the sum of g over batch and positions, computed in
+    the same primitive): returns (dW, db).
+    """
     out = _result(kernel_shape, x)
-    call = jax.ffi.ffi_call("intrakd_onednn_conv_backward_weights", out, vmap_method="sequential")
-    return call(x, g, **_attrs(strides, padding, dilation))
+    attrs = _attrs(strides, padding, dilation)
+    if not with_bias:
+        call = jax.ffi.ffi_call(
+            "intrakd_onednn_conv_backward_weights", out, vmap_method="sequential"
+        )
+        return call(x, g, **attrs)
+    outs = (out, _result(kernel_shape[3:], x))
+    call = jax.ffi.ffi_call(
+        "intrakd_onednn_conv_backward_weights_bias", outs, vmap_method="sequential"
+    )
+    return tuple(call(x, g, **attrs))

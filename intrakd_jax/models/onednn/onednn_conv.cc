@@ -1,6 +1,8 @@
 // oneDNN 2-D convolutions (forward, backward-data, backward-weights) as XLA FFI handlers.
 //
-// Layouts are the JAX side's: activations NHWC, weights HWIO, float32. The three handlers share
+// Layouts are the JAX side's: activations NHWC, weights HWIO, float32. The forward and
+// backward-weights handlers come in two forms, with and without a bias (the bias is added, and its
+// gradient summed, inside the primitive: no extra pass over the output). The handlers share
 // one set of attributes (strides, explicit padding lo/hi, dilation in JAX's convention, i.e. 1 =
 // dense) and take every shape from the buffers, so one compiled library serves every layer.
 //
@@ -33,6 +35,7 @@ namespace {
 enum class Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
 struct Geometry {
+  bool bias = false;           // forward: adds a bias; backward-weights: also returns its gradient
   dnnl::memory::dims src;      // N, C, H, W (logical; the memory is nhwc)
   dnnl::memory::dims weights;  // O, I, KH, KW (logical; the memory is hwio)
   dnnl::memory::dims dst;      // N, O, Ho, Wo
@@ -76,10 +79,20 @@ dnnl::memory::desc Desc(const dnnl::memory::dims& dims, dnnl::memory::format_tag
   return dnnl::memory::desc(dims, dnnl::memory::data_type::f32, tag);
 }
 
+dnnl::memory::desc BiasDesc(const Geometry& g) {
+  return Desc({g.weights[0]}, dnnl::memory::format_tag::x);
+}
+
 dnnl::convolution_forward::primitive_desc ForwardPd(const Geometry& g,
                                                     const dnnl::primitive_attr& attr,
                                                     dnnl::memory::format_tag weights) {
   using tag = dnnl::memory::format_tag;
+  if (g.bias) {
+    return dnnl::convolution_forward::primitive_desc(
+        Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+        Desc(g.src, tag::nhwc), Desc(g.weights, weights), BiasDesc(g), Desc(g.dst, tag::nhwc),
+        g.strides, g.dilates, g.pad_l, g.pad_r, attr);
+  }
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
       Desc(g.src, tag::nhwc), Desc(g.weights, weights), Desc(g.dst, tag::nhwc), g.strides,
@@ -108,10 +121,14 @@ std::shared_ptr<Entry> MakeEntry(Kind kind, const Geometry& g) {
     entry->scratchpad_bytes = pd.scratchpad_desc().get_size();
     chosen = pd.weights_desc();
   } else {
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, tag::nhwc),
-        Desc(g.weights, tag::any), Desc(g.dst, tag::nhwc), g.strides, g.dilates, g.pad_l,
-        g.pad_r, fwd, attr);
+    auto pd = g.bias ? dnnl::convolution_backward_weights::primitive_desc(
+                           Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, tag::nhwc),
+                           Desc(g.weights, tag::any), BiasDesc(g), Desc(g.dst, tag::nhwc),
+                           g.strides, g.dilates, g.pad_l, g.pad_r, fwd, attr)
+                     : dnnl::convolution_backward_weights::primitive_desc(
+                           Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, tag::nhwc),
+                           Desc(g.weights, tag::any), Desc(g.dst, tag::nhwc), g.strides,
+                           g.dilates, g.pad_l, g.pad_r, fwd, attr);
     entry->prim = dnnl::convolution_backward_weights(pd);
     entry->scratchpad_bytes = pd.scratchpad_desc().get_size();
     chosen = pd.diff_weights_desc();
@@ -131,7 +148,7 @@ std::shared_ptr<Entry> MakeEntry(Kind kind, const Geometry& g) {
 std::shared_ptr<Entry> Lookup(Kind kind, const Geometry& g) {
   static std::mutex* mu = new std::mutex;
   static auto* cache = new std::map<std::vector<int64_t>, std::shared_ptr<Entry>>;
-  std::vector<int64_t> key{static_cast<int64_t>(kind)};
+  std::vector<int64_t> key{static_cast<int64_t>(kind), g.bias ? 1 : 0};
   for (const auto* dims : {&g.src, &g.weights, &g.dst, &g.strides, &g.dilates, &g.pad_l,
                            &g.pad_r}) {
     key.insert(key.end(), dims->begin(), dims->end());
@@ -162,7 +179,9 @@ Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
   return g;
 }
 
-ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst) {
+// bias: the forward's bias, or the backward-weights' bias gradient; null without a bias.
+ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst,
+               void* bias = nullptr) {
   using tag = dnnl::memory::format_tag;
   try {
     auto entry = Lookup(kind, g);
@@ -183,6 +202,10 @@ ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst
                                 dnnl::memory::data_type::u8, tag::x);
     dnnl::memory pad_m(pad_desc, eng, Buffer(0, entry->scratchpad_bytes));
     std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SCRATCHPAD, pad_m}};
+    if (g.bias) {
+      args.insert({kind == Kind::kForward ? DNNL_ARG_BIAS : DNNL_ARG_DIFF_BIAS,
+                   dnnl::memory(BiasDesc(g), eng, bias)});
+    }
     if (kind == Kind::kForward) {
       args.insert({{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m}, {DNNL_ARG_DST, dst_m}});
     } else if (kind == Kind::kBackwardData) {
@@ -211,6 +234,17 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   return Run(Kind::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
 }
 
+ffi::Error ForwardBiasImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                           ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
+                           int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh,
+                           int64_t dw) {
+  auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr,
+                        dh, dw);
+  g.bias = true;
+  return Run(Kind::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data(),
+             b.untyped_data());
+}
+
 ffi::Error BackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                             ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t pt,
                             int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
@@ -227,6 +261,18 @@ ffi::Error BackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy
                         pr, dh, dw);
   return Run(Kind::kBackwardWeights, g, x.untyped_data(), dw_out->untyped_data(),
              dy.untyped_data());
+}
+
+ffi::Error BackwardWeightsBiasImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                                   ffi::ResultBuffer<ffi::F32> dw_out,
+                                   ffi::ResultBuffer<ffi::F32> db_out, int64_t sh, int64_t sw,
+                                   int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh,
+                                   int64_t dw) {
+  auto g = MakeGeometry(x.dimensions(), dw_out->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
+                        pr, dh, dw);
+  g.bias = true;
+  return Run(Kind::kBackwardWeights, g, x.untyped_data(), dw_out->untyped_data(),
+             dy.untyped_data(), db_out->untyped_data());
 }
 
 template <typename B>
@@ -260,6 +306,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IntrakdOnednnConvBackwardWeights, BackwardWeightsI
                               BindAttrs(ffi::Ffi::Bind()
                                             .Arg<ffi::Buffer<ffi::F32>>()
                                             .Arg<ffi::Buffer<ffi::F32>>()
+                                            .Ret<ffi::Buffer<ffi::F32>>()));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IntrakdOnednnConvForwardBias, ForwardBiasImpl,
+                              BindAttrs(ffi::Ffi::Bind()
+                                            .Arg<ffi::Buffer<ffi::F32>>()
+                                            .Arg<ffi::Buffer<ffi::F32>>()
+                                            .Arg<ffi::Buffer<ffi::F32>>()
+                                            .Ret<ffi::Buffer<ffi::F32>>()));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IntrakdOnednnConvBackwardWeightsBias, BackwardWeightsBiasImpl,
+                              BindAttrs(ffi::Ffi::Bind()
+                                            .Arg<ffi::Buffer<ffi::F32>>()
+                                            .Arg<ffi::Buffer<ffi::F32>>()
+                                            .Ret<ffi::Buffer<ffi::F32>>()
                                             .Ret<ffi::Buffer<ffi::F32>>()));
 
 // Checks that a CPU engine can be created (the pip build of oneDNN runs its CPU engine through
