@@ -363,7 +363,11 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model, variables, step, meta = building.load_eval_checkpoint(config, paths[0], info, mesh)
     predict_fn = inference.make_predict_fn(model, variables, mesh)
     out_dir = config.predict.output or os.path.join(workdir, "predict")
-    os.makedirs(out_dir, exist_ok=True)
+    # Every process of a multi-host job decodes and predicts every frame (the sharded batch is
+    # global); only process 0 writes, so no two processes write one file.
+    lead = parallel.is_lead_process()
+    if lead:
+        os.makedirs(out_dir, exist_ok=True)
     logging.info(
         "predict: %s (step %d) on %s -> %s; crop_top %d of %d rows (%s), network input %s",
         paths[0],
@@ -409,6 +413,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
             images = np.concatenate([images, pad])
         probs_bhwk = predict_fn(images)
         for (name, rgb, crop, _), probs in zip(batch, probs_bhwk, strict=False):
+            if not lead:
+                continue
             shown = writer.write(name, rgb, crop, probs)
             if inputs.video:
                 if video_writer is None:
@@ -454,6 +460,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
             else {}
         ),
     }
+    if not lead:
+        return summary
     report.write_json(os.path.join(out_dir, "predict.json"), summary)
     print(
         f"\npredict: {num_frames} frames -> {out_dir}"

@@ -166,6 +166,21 @@ def test_folder_of_mixed_sizes_with_corrupt_files_is_predicted_and_reported(trai
     assert written["num_skipped"] == 3 and written["network_hw"] == [16, 80]
 
 
+def test_only_process_0_of_a_multi_host_job_writes(trained, tmp_path, monkeypatch):
+    # Every process predicts every frame (the batch is global); a second process writing the
+    # same files to shared storage would race with process 0.
+    root, ckpt = trained("culane")
+    cfg = _config("culane", root)
+    examples, listing = _eval_image_list(cfg, root)
+    cfg = _config(
+        "culane", root, mode="predict", checkpoint=str(ckpt), **{"predict.input": listing}
+    )
+    monkeypatch.setattr(predict.parallel, "is_lead_process", lambda: False)
+    summary = train.train_and_evaluate(cfg, str(tmp_path / "work"))
+    assert summary["num_frames"] == len(examples) > 0
+    assert not (tmp_path / "work" / "predict").exists()
+
+
 def test_video_in_annotated_video_out(trained, tmp_path):
     root, ckpt = trained("culane")
     cfg = _config("culane", root)
