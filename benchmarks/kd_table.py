@@ -252,14 +252,21 @@ def _base_config(
 def config_hash(config: ml_collections.ConfigDict, fields: Sequence[str]) -> str:
     """A short hash of the config fields that determine a trained model.
 
-    Unset fields (None) and model arguments at the model's default are left out, so adding a
-    config field or model option later does not invalidate the cached teachers.
+    Unset fields (None), model arguments at the model's default and the runtime-only model
+    arguments (``building.RUNTIME_KWARGS``) are left out, so adding a config field or model
+    option later, or switching the convolution implementation, does not invalidate the cache.
     """
     parts = {f: config[f].to_dict() if hasattr(config[f], "to_dict") else config[f] for f in fields}
     parts = _without_unset(building.jsonish(parts))
     for section in ("teacher", "student"):
         model = parts.get(section, {})
         kwargs = model.get("model_kwargs")
+        # How a model computes (convolution implementation, remat) does not change what it
+        # learns: a teacher trained with conv_impl=fast serves runs with onednn.
+        for group in [kwargs, *(kwargs or {}).values()]:
+            if isinstance(group, dict):
+                for key in building.RUNTIME_KWARGS & set(group):
+                    del group[key]
         if isinstance(kwargs, dict) and model.get("model") in models.list_models():
             defaults = models.model_defaults(model["model"])
             defaults = building.jsonish({k: v for k, v in defaults.items() if k in kwargs})

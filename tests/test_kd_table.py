@@ -57,6 +57,22 @@ def test_cell_config_changes_only_the_method_and_seed():
     assert flat_a == flat_b  # student, data, schedule and teacher are the same
 
 
+def test_the_cache_hash_ignores_how_models_compute():
+    base = kd_table._base_config(SETTING, "culane", "/tmp/nowhere")
+    config = kd_table.cell_config(
+        SETTING, kd_table.Cell("culane", "erfnet", "intra_kd", 0), base, "t", 5
+    )
+    fields = kd_table.CELL_FIELDS
+    digest = kd_table.config_hash(config, fields)
+    other = kd_table.ml_collections.ConfigDict(config.to_dict())
+    other.teacher.model_kwargs.conv_impl = "xla"
+    other.student.model_kwargs.erfnet.conv_impl = "fast"
+    other.student.model_kwargs.erfnet.remat = True
+    assert kd_table.config_hash(other, fields) == digest
+    other.student.model_kwargs.erfnet.stage2_dropout = 0.25  # what it learns: a new hash
+    assert kd_table.config_hash(other, fields) != digest
+
+
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     root = tmp_path_factory.mktemp("kd_table")
