@@ -79,24 +79,19 @@ dnnl::memory::desc Desc(const dnnl::memory::dims& dims, dnnl::memory::format_tag
   return dnnl::memory::desc(dims, dnnl::memory::data_type::f32, tag);
 }
 
+// A zero descriptor (no bias) when the geometry has none: oneDNN reads it as an absent argument.
 dnnl::memory::desc BiasDesc(const Geometry& g) {
-  return Desc({g.weights[0]}, dnnl::memory::format_tag::x);
+  return g.bias ? Desc({g.weights[0]}, dnnl::memory::format_tag::x) : dnnl::memory::desc();
 }
 
 dnnl::convolution_forward::primitive_desc ForwardPd(const Geometry& g,
                                                     const dnnl::primitive_attr& attr,
                                                     dnnl::memory::format_tag weights) {
   using tag = dnnl::memory::format_tag;
-  if (g.bias) {
-    return dnnl::convolution_forward::primitive_desc(
-        Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-        Desc(g.src, tag::nhwc), Desc(g.weights, weights), BiasDesc(g), Desc(g.dst, tag::nhwc),
-        g.strides, g.dilates, g.pad_l, g.pad_r, attr);
-  }
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      Desc(g.src, tag::nhwc), Desc(g.weights, weights), Desc(g.dst, tag::nhwc), g.strides,
-      g.dilates, g.pad_l, g.pad_r, attr);
+      Desc(g.src, tag::nhwc), Desc(g.weights, weights), BiasDesc(g), Desc(g.dst, tag::nhwc),
+      g.strides, g.dilates, g.pad_l, g.pad_r, attr);
 }
 
 std::shared_ptr<Entry> MakeEntry(Kind kind, const Geometry& g) {
@@ -121,14 +116,10 @@ std::shared_ptr<Entry> MakeEntry(Kind kind, const Geometry& g) {
     entry->scratchpad_bytes = pd.scratchpad_desc().get_size();
     chosen = pd.weights_desc();
   } else {
-    auto pd = g.bias ? dnnl::convolution_backward_weights::primitive_desc(
-                           Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, tag::nhwc),
-                           Desc(g.weights, tag::any), BiasDesc(g), Desc(g.dst, tag::nhwc),
-                           g.strides, g.dilates, g.pad_l, g.pad_r, fwd, attr)
-                     : dnnl::convolution_backward_weights::primitive_desc(
-                           Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, tag::nhwc),
-                           Desc(g.weights, tag::any), Desc(g.dst, tag::nhwc), g.strides,
-                           g.dilates, g.pad_l, g.pad_r, fwd, attr);
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, tag::nhwc),
+        Desc(g.weights, tag::any), BiasDesc(g), Desc(g.dst, tag::nhwc), g.strides, g.dilates,
+        g.pad_l, g.pad_r, fwd, attr);
     entry->prim = dnnl::convolution_backward_weights(pd);
     entry->scratchpad_bytes = pd.scratchpad_desc().get_size();
     chosen = pd.diff_weights_desc();
