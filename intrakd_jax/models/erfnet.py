@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from intrakd_jax.models.batch_norm import norm_act
 from intrakd_jax.models.conv import Conv, ConvImpl, ConvTranspose, check_conv_impl, max_pool
 from intrakd_jax.models.layers import ChannelDropout, batch_norm, norm_axis_name
 
@@ -128,7 +129,7 @@ class DownsamplerBlock(nn.Module):
         pooled = max_pool(x_bhwc, (2, 2), strides=(2, 2), padding="VALID", impl=self.conv_impl)
         # Order (conv, pool) matches torch.cat([conv, pool], 1), which matters for BN channels.
         y = jnp.concatenate([conv, pooled], axis=-1)
-        return nn.relu(self.norm(name="bn")(y))
+        return norm_act(self.norm(name="bn"), y, relu=True)
 
 
 class NonBottleneck1d(nn.Module):
@@ -151,14 +152,17 @@ class NonBottleneck1d(nn.Module):
         y = conv((3, 1), padding=((1, 1), (0, 0)), name="conv3x1_1")(x_bhwc)
         y = nn.relu(y)
         y = conv((1, 3), padding=((0, 0), (1, 1)), name="conv1x3_1")(y)
-        y = nn.relu(self.norm(name="bn1")(y))
+        y = norm_act(self.norm(name="bn1"), y, relu=True)
         y = conv((3, 1), padding=((d, d), (0, 0)), kernel_dilation=(d, 1), name="conv3x1_2")(y)
         y = nn.relu(y)
         y = conv((1, 3), padding=((0, 0), (d, d)), kernel_dilation=(1, d), name="conv1x3_2")(y)
-        y = self.norm(name="bn2")(y)
-        # PyTorch Dropout2d drops whole channels: one mask per (image, channel).
-        y = ChannelDropout(self.dropout_rate, norm_axis_name(self.norm))(y, deterministic=not train)
-        return nn.relu(y + x_bhwc)
+        # PyTorch Dropout2d drops whole channels: one factor per (image, channel), applied with
+        # bn2, the residual and the ReLU in one pass where the BatchNorm is fused.
+        drop = ChannelDropout(self.dropout_rate, norm_axis_name(self.norm))
+        multiplier_bc = drop.multiplier(y, deterministic=not train)
+        return norm_act(
+            self.norm(name="bn2"), y, relu=True, multiplier_bc=multiplier_bc, residual_bhwc=x_bhwc
+        )
 
 
 def _residual_block(remat: bool) -> type[nn.Module]:
@@ -191,7 +195,7 @@ class UpsamplerBlock(nn.Module):
             dtype=self.dtype,
             name="conv",
         )(x_bhwc)
-        return nn.relu(self.norm(name="bn")(y))
+        return norm_act(self.norm(name="bn"), y, relu=True)
 
 
 class ERFNetEncoder(nn.Module):

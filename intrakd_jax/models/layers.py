@@ -9,15 +9,27 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from intrakd_jax.models import onednn
+from intrakd_jax.models.batch_norm import FusedBatchNorm
+from intrakd_jax.models.conv import resolve_conv_impl
+
 
 def batch_norm(module: Any, train: bool) -> functools.partial:
-    """A BatchNorm factory configured from a model's ``bn_*`` and ``dtype`` fields.
+    """A BatchNorm factory configured from a model's ``bn_*``, ``dtype`` and ``conv_impl`` fields.
 
     Training mode uses batch statistics synced over ``module.bn_axis_name`` (the data axis inside
-    the shard_map step); evaluation uses the running averages.
+    the shard_map step); evaluation uses the running averages. Where the model's convolutions run
+    in oneDNN (``conv_impl`` resolving to "onednn", float32, the extension built) the factory
+    makes ``batch_norm.FusedBatchNorm`` (same variables; passes over the activation fused and
+    threaded on CPU), else ``flax.linen.BatchNorm``. Apply either with ``batch_norm.norm_act``.
     """
+    fused = (
+        resolve_conv_impl(getattr(module, "conv_impl", "xla")) == "onednn"
+        and jnp.dtype(module.dtype) == jnp.float32
+        and onednn.available()
+    )
     return functools.partial(
-        nn.BatchNorm,
+        FusedBatchNorm if fused else nn.BatchNorm,
         use_running_average=not train,
         momentum=module.bn_momentum,
         epsilon=module.bn_epsilon,
@@ -55,16 +67,34 @@ class ChannelDropout(nn.Module):
             return x_bhwc
         if self.rate == 1.0:
             return jnp.zeros_like(x_bhwc)
+        keep_b11c = self._keep_bc(x_bhwc.shape)[:, None, None, :]
+        scaled = x_bhwc / jnp.asarray(1.0 - self.rate, x_bhwc.dtype)
+        return jnp.where(keep_b11c, scaled, jnp.zeros_like(x_bhwc))
+
+    def multiplier(self, x_bhwc: jax.Array, deterministic: bool) -> jax.Array | None:
+        """The same drop as a (B, C) factor, 0 or ``1 / (1 - rate)``; None when nothing drops.
+
+        For ``batch_norm.norm_act``, which applies it inside the fused BatchNorm pass. Draws the
+        masks ``__call__`` would draw (same key, same example indices).
+        """
+        if deterministic or self.rate == 0.0:
+            return None
+        b, c = x_bhwc.shape[0], x_bhwc.shape[-1]
+        if self.rate == 1.0:
+            return jnp.zeros((b, c), x_bhwc.dtype)
+        scale = jnp.asarray(1.0 / (1.0 - self.rate), x_bhwc.dtype)
+        return jnp.where(self._keep_bc(x_bhwc.shape), scale, jnp.zeros((), x_bhwc.dtype))
+
+    def _keep_bc(self, shape_bhwc: tuple[int, ...]) -> jax.Array:
+        """(B, C) booleans: channel c of local example b is kept."""
         key = self.make_rng("dropout")
-        local = x_bhwc.shape[0]
+        local = shape_bhwc[0]
         first = 0 if self.axis_name is None else jax.lax.axis_index(self.axis_name) * local
         keep_prob = 1.0 - self.rate
 
         def keep(i):
-            return jax.random.bernoulli(
-                jax.random.fold_in(key, i), keep_prob, (1, 1, x_bhwc.shape[-1])
-            )
+            # Drawn as (1, 1, C), as before the fused path existed: the same masks as earlier runs.
+            shape = (1, 1, shape_bhwc[-1])
+            return jax.random.bernoulli(jax.random.fold_in(key, i), keep_prob, shape)[0, 0]
 
-        keep_b11c = jax.vmap(keep)(first + jnp.arange(local))
-        scaled = x_bhwc / jnp.asarray(keep_prob, x_bhwc.dtype)
-        return jnp.where(keep_b11c, scaled, jnp.zeros_like(x_bhwc))
+        return jax.vmap(keep)(first + jnp.arange(local))

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from intrakd_jax.models.batch_norm import norm_act
 from intrakd_jax.models.conv import Conv, ConvImpl, check_conv_impl
 from intrakd_jax.models.erfnet import _check_rates
 from intrakd_jax.models.layers import ChannelDropout, batch_norm
@@ -160,7 +161,7 @@ class PyramidPoolingModule(nn.Module):
             impl=self.conv_impl,
             name=f"conv_{i}",
         )(y_bhwc)
-        return nn.relu(self.norm(name=f"bn_{i}")(y))
+        return norm_act(self.norm(name=f"bn_{i}"), y, relu=True)
 
     @nn.compact
     def __call__(self, x_bhwc: jnp.ndarray) -> jnp.ndarray:
@@ -306,7 +307,7 @@ def segmentation_head(
         impl=module.conv_impl,
         name="head_conv",
     )(feat_bhwc)
-    head_bhwc = nn.relu(batch_norm(module, train)(name="head_bn")(y))
+    head_bhwc = norm_act(batch_norm(module, train)(name="head_bn"), y, relu=True)
     # PyTorch Dropout2d drops whole channels: one mask per (image, channel).
     y = ChannelDropout(module.dropout_rate, module.bn_axis_name)(head_bhwc, deterministic=not train)
     logits = Conv(

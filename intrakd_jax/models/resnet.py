@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from intrakd_jax.models.batch_norm import norm_act
 from intrakd_jax.models.conv import Conv, ConvImpl, check_conv_impl
 from intrakd_jax.models.layers import batch_norm
 
@@ -65,10 +66,10 @@ class BasicBlock(nn.Module):
             kernel_dilation=(d, d),
             name="conv1",
         )(x_bhwc)
-        y = nn.relu(self.norm(name="bn1")(y))
+        y = norm_act(self.norm(name="bn1"), y, relu=True)
         y = self.conv(self.planes, (3, 3), padding=_pad(3), name="conv2")(y)
-        y = self.norm(name="bn2")(y)
-        return nn.relu(y + self._shortcut(x_bhwc))
+        shortcut_bhwc = self._shortcut(x_bhwc)
+        return norm_act(self.norm(name="bn2"), y, relu=True, residual_bhwc=shortcut_bhwc)
 
     def _shortcut(self, x_bhwc: jnp.ndarray) -> jnp.ndarray:
         if not self.has_downsample:
@@ -94,7 +95,7 @@ class Bottleneck(BasicBlock):
         """Applies the block."""
         s, d = self.stride, self.dilation
         y = self.conv(self.planes, (1, 1), padding="VALID", name="conv1")(x_bhwc)
-        y = nn.relu(self.norm(name="bn1")(y))
+        y = norm_act(self.norm(name="bn1"), y, relu=True)
         y = self.conv(
             self.planes,
             (3, 3),
@@ -103,10 +104,10 @@ class Bottleneck(BasicBlock):
             kernel_dilation=(d, d),
             name="conv2",
         )(y)
-        y = nn.relu(self.norm(name="bn2")(y))
+        y = norm_act(self.norm(name="bn2"), y, relu=True)
         y = self.conv(self.planes * self.expansion, (1, 1), padding="VALID", name="conv3")(y)
-        y = self.norm(name="bn3")(y)
-        return nn.relu(y + self._shortcut(x_bhwc))
+        shortcut_bhwc = self._shortcut(x_bhwc)
+        return norm_act(self.norm(name="bn3"), y, relu=True, residual_bhwc=shortcut_bhwc)
 
 
 def resnet_feature_channels(depth: int, base_width: int = 64) -> int:
@@ -192,11 +193,11 @@ class DilatedResNet(nn.Module):
                 y = conv(
                     width, (3, 3), strides=(stride, stride), padding=_pad(3), name=f"conv{i + 1}"
                 )(y)
-                y = nn.relu(norm(name=f"bn{i + 1}")(y))
+                y = norm_act(norm(name=f"bn{i + 1}"), y, relu=True)
             inplanes = 2 * w
         else:
             y = conv(w, (7, 7), strides=(2, 2), padding=_pad(7), name="conv1")(y)
-            y = nn.relu(norm(name="bn1")(y))
+            y = norm_act(norm(name="bn1"), y, relu=True)
             inplanes = w
         # PyTorch pads max pooling with -inf; nn.max_pool pads with the -inf init value too.
         y = nn.max_pool(y, (3, 3), strides=(2, 2), padding=_pad(3))

@@ -45,13 +45,17 @@ __all__ = [
     "conv_forward",
 ]
 
-_SOURCE = Path(__file__).with_name("onednn_conv.cc")
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("onednn_conv.cc", "norm_act.cc"))
 _TARGETS = {
     "intrakd_onednn_conv_forward": "IntrakdOnednnConvForward",
     "intrakd_onednn_conv_forward_bias": "IntrakdOnednnConvForwardBias",
     "intrakd_onednn_conv_backward_data": "IntrakdOnednnConvBackwardData",
     "intrakd_onednn_conv_backward_weights": "IntrakdOnednnConvBackwardWeights",
     "intrakd_onednn_conv_backward_weights_bias": "IntrakdOnednnConvBackwardWeightsBias",
+    "intrakd_channel_sums": "IntrakdChannelSums",
+    "intrakd_norm_act": "IntrakdNormAct",
+    "intrakd_norm_act_grad_sums": "IntrakdNormActGradSums",
+    "intrakd_norm_act_grad_input": "IntrakdNormActGradInput",
 }
 Pairs = tuple[tuple[int, int], tuple[int, int]]
 
@@ -94,7 +98,7 @@ def _build(verbose: bool = True) -> Path:
     include_dnnl = header.parents[2]
     include_ffi = Path(jax.ffi.include_dir())
     flags = [
-        "-O2",
+        "-O3",
         "-std=c++17",
         "-shared",
         "-fPIC",
@@ -103,7 +107,7 @@ def _build(verbose: bool = True) -> Path:
         str(include_ffi),
         "-isystem",
         str(include_dnnl),
-        str(_SOURCE),
+        *map(str, _SOURCES),
         str(library),
         # DT_RPATH rather than DT_RUNPATH: it also resolves libdnnl's own dependencies (TBB,
         # the SYCL runtime), which the wheels put beside it.
@@ -113,7 +117,7 @@ def _build(verbose: bool = True) -> Path:
     key = hashlib.sha256(
         b"\0".join(
             [
-                _SOURCE.read_bytes(),
+                *(source.read_bytes() for source in _SOURCES),
                 importlib.metadata.version("jaxlib").encode(),
                 importlib.metadata.version("onednn").encode(),
                 " ".join([compiler, *flags]).encode(),
@@ -321,3 +325,93 @@ def conv_backward_weights(
         "intrakd_onednn_conv_backward_weights_bias", outs, vmap_method="sequential"
     )
     return tuple(call(x, g, **attrs))
+
+
+def _optional(a: jax.Array | None, like: jax.Array) -> jax.Array:
+    """``a``, or the empty array the norm_act handlers read as "none" (varying as ``like``)."""
+    if a is not None:
+        return a
+    return _same_varying_axes_as(jnp.zeros((0,), jnp.float32), like)
+
+
+def _same_varying_axes_as(a: jax.Array, like: jax.Array) -> jax.Array:
+    """``a`` marked as varying over the shard_map axes ``like`` varies over (FFI operands agree)."""
+    varying = jax.typeof(like).manual_axis_type.varying
+    missing = tuple(sorted(varying - jax.typeof(a).manual_axis_type.varying))
+    return jax.lax.pcast(a, missing, to="varying") if missing else a
+
+
+def channel_sums(x: jax.Array) -> jax.Array:
+    """Per-channel sums of an NHWC float32 array, in one pass on XLA's threads.
+
+    Returns:
+      (2, C): the sum of x and the sum of x**2 over every axis but the last (accumulated in
+      float64, rounded to float32).
+    """
+    out = _result((2, x.shape[-1]), x)
+    return jax.ffi.ffi_call("intrakd_channel_sums", out, vmap_method="sequential")(x)
+
+
+def norm_act(
+    x: jax.Array,
+    scale_c: jax.Array,
+    shift_c: jax.Array,
+    relu: bool,
+    multiplier_bc: jax.Array | None = None,
+    residual: jax.Array | None = None,
+) -> jax.Array:
+    """``act(m[b, c] * (x * scale[c] + shift[c]) + residual)`` in one pass on XLA's threads.
+
+    Args:
+      x: (B, H, W, C) float32.
+      scale_c: (C,) factor.
+      shift_c: (C,) offset.
+      relu: ReLU when True, else the identity.
+      multiplier_bc: (B, C) per-image channel multiplier (channel dropout), or None.
+      residual: Like ``x``, added before the activation, or None.
+    """
+    coef = _same_varying_axes_as(jnp.stack([scale_c, shift_c]).astype(jnp.float32), x)
+    m = _same_varying_axes_as(_optional(multiplier_bc, x), x)
+    r = _optional(residual, x)
+    call = jax.ffi.ffi_call("intrakd_norm_act", _result(x.shape, x), vmap_method="sequential")
+    return call(x, coef, m, r, relu=np.int64(relu))
+
+
+def norm_act_grad_sums(
+    g: jax.Array,
+    y: jax.Array,
+    x: jax.Array,
+    mean_c: jax.Array,
+    relu: bool,
+    multiplier_bc: jax.Array | None = None,
+) -> jax.Array:
+    """(2, C) sums ``[sum u, sum u * (x - mean)]``, ``u = m * g * [y > 0]`` (``relu``) or ``m * g``.
+
+    ``y`` is ``norm_act``'s output and ``g`` its cotangent; one pass on XLA's threads.
+    """
+    mean_c = _same_varying_axes_as(mean_c.astype(jnp.float32), x)
+    m = _same_varying_axes_as(_optional(multiplier_bc, x), x)
+    out = _result((2, x.shape[-1]), x)
+    call = jax.ffi.ffi_call("intrakd_norm_act_grad_sums", out, vmap_method="sequential")
+    return call(g, y, x, mean_c, m, relu=np.int64(relu))
+
+
+def norm_act_grad_input(
+    g: jax.Array,
+    y: jax.Array,
+    x: jax.Array,
+    coef_4c: jax.Array,
+    relu: bool,
+    multiplier_bc: jax.Array | None = None,
+) -> jax.Array:
+    """The BatchNorm input gradient ``alpha * u + beta * (x - mean) + delta`` per channel.
+
+    ``coef_4c = [alpha, beta, delta, mean]``; ``u`` as in ``norm_act_grad_sums``; one pass on
+    XLA's threads.
+    """
+    coef_4c = _same_varying_axes_as(coef_4c.astype(jnp.float32), x)
+    m = _same_varying_axes_as(_optional(multiplier_bc, x), x)
+    call = jax.ffi.ffi_call(
+        "intrakd_norm_act_grad_input", _result(x.shape, x), vmap_method="sequential"
+    )
+    return call(g, y, x, coef_4c, m, relu=np.int64(relu))
