@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from intrakd_jax import cpu_allocator  # noqa: E402
 
 cpu_allocator.reexec_with_tcmalloc()  # before numpy, jax, TF and torch load their allocators
+cpu_allocator.keep_freed_memory()  # without tcmalloc: glibc reuses freed pages
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import collections  # noqa: E402

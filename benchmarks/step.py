@@ -17,6 +17,8 @@ step, the student-only (CE) step and student inference. Runs alternate JAX / PyT
 rounds after a warm-up of each; the last line is
   ratios: distill=<x> student=<y> inference=<z> loss_share=<s>
 (JAX images/s over PyTorch images/s, and the IntRA-KD loss+grad time over the JAX distill step).
+The process starts with ``cpu_allocator.keep_freed_memory`` (glibc keeps freed pages, for JAX
+and PyTorch alike); ``INTRAKD_KEEP_FREED_MEMORY=0`` runs glibc's defaults.
 With several --conv-impl values (--conv-impl=fast,onednn) each gets its JAX runs in the same
 alternating rounds and its own ratios line, ``ratios[<impl>]: ...``.
 """
@@ -28,6 +30,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from intrakd_jax import cpu_allocator  # noqa: E402
+
+# Before jax and torch start their threads; both sides of --vs-torch run under it.
+# INTRAKD_KEEP_FREED_MEMORY=0 measures glibc's defaults.
+_MALLOC = "glibc, freed memory kept" if cpu_allocator.keep_freed_memory() else "glibc defaults"
 
 import harness  # noqa: E402  (benchmarks/harness.py, beside this script)
 import jax  # noqa: E402
@@ -314,7 +322,7 @@ def vs_torch(
     print(
         f"size {size} {hw[0]}x{hw[1]}, batch {batch_size}, {threads} threads, jax "
         f"{jax.__version__} (conv_impl={','.join(conv_impls)}, remat={remat}), torch "
-        f"{torch.__version__}, medians of {rounds} alternating rounds"
+        f"{torch.__version__}, malloc: {_MALLOC}, medians of {rounds} alternating rounds"
     )
     med = {k: float(np.median(v)) for k, v in times.items()}
     for impl in conv_impls:
