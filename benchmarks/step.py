@@ -24,6 +24,7 @@ alternating rounds and its own ratios line, ``ratios[<impl>]: ...``.
 """
 
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -155,6 +156,11 @@ def _seconds(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (a step's fresh temporaries show up here)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _vs_torch_jax(size: str, batch_size: int, conv_impl: str, remat: bool = False):
@@ -299,6 +305,7 @@ def vs_torch(
         sides[f"jax:{impl}"], loss_grads[impl] = _vs_torch_jax(size, batch_size, impl, remat)
     sides["torch"] = _vs_torch_torch(size, batch_size)
     times = {(fw, m): [] for fw in sides for m in modes}
+    faults = {(fw, m): [] for fw in sides for m in modes}
     for mode in modes:  # warm-up (compilation, allocator, oneDNN primitive caches)
         for runs in sides.values():
             runs[mode]()
@@ -308,7 +315,9 @@ def vs_torch(
         shift = r % len(order)
         for mode in modes:
             for fw, runs in order[shift:] + order[:shift]:
+                before = _minor_faults()
                 times[(fw, mode)].append(_seconds(runs[mode]))
+                faults[(fw, mode)].append(_minor_faults() - before)
         print(
             f"round {r + 1}/{rounds}: "
             + "  ".join(f"{fw}/{m} {times[(fw, m)][-1] * 1e3:.0f} ms" for fw, m in times),
@@ -328,9 +337,12 @@ def vs_torch(
     for impl in conv_impls:
         for mode in modes:
             tj, tt = med[(f"jax:{impl}", mode)], med[("torch", mode)]
+            fj = int(np.median(faults[(f"jax:{impl}", mode)]))
+            ft = int(np.median(faults[("torch", mode)]))
             print(
                 f"{mode:9s}  jax[{impl}] {tj * 1e3:8.1f} ms ({batch_size / tj:6.2f} img/s)   "
                 f"torch {tt * 1e3:8.1f} ms ({batch_size / tt:6.2f} img/s)   ratio {tt / tj:.2f}"
+                f"   page faults/step jax {fj} torch {ft}"
             )
     for impl in conv_impls:
         ratio = {m: f"{med[('torch', m)] / med[(f'jax:{impl}', m)]:.2f}" for m in modes}

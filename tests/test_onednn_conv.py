@@ -166,6 +166,36 @@ def test_the_fused_bias_and_its_gradient_match_numpy(index):
     assert "intrakd_onednn_conv_backward_weights_bias" in lowered
 
 
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _conv_relu_and_grads(x, k, b, g, strides, padding, dilation, impl):
+    def f(x, k, b):
+        return conv_lib.conv2d(x, k, strides, padding, dilation, impl, bias=b, relu=True)
+
+    y, vjp = jax.vjp(f, x, k, b)
+    return y, *vjp(g)
+
+
+@pytest.mark.parametrize("index", [3, 8, 10])
+def test_the_fused_relu_and_its_gradient_match_numpy(index):
+    # ReLU is a post-op of oneDNN's forward primitive; the gradient is masked by the output
+    # before the backward primitives. Reference: relu(y + b) and the gradients of g * [y + b > 0].
+    xs, ks, strides, padding, dilation = case = CASES[index]
+    (x, k, g), _ = _case(index)
+    b = np.random.default_rng(200 + index).normal(size=ks[3])
+    pads = _explicit(padding, xs, ks, strides, dilation)
+    y64 = _numpy_conv(x, k, strides, pads, dilation) + b
+    g_masked = np.where(y64 > 0, g, 0.0)
+    _, dx64, dw64 = _numpy_conv(x, k, strides, pads, dilation, g_masked)
+    want = (np.maximum(y64, 0.0), dx64, dw64, g_masked.sum(axis=(0, 1, 2)))
+    args = [jnp.asarray(a, jnp.float32) for a in (x, k, b, g)]
+    for impl in ("onednn", "xla", "fast"):
+        got = _conv_relu_and_grads(*args, strides, padding, dilation, impl)
+        for name, a, ref in zip(("y", "dx", "dw", "db"), got, want, strict=True):
+            assert _rel_err(a, ref) < RTOL, (impl, name, case)
+    lowered = _conv_relu_and_grads.lower(*args, strides, padding, dilation, "onednn").as_text()
+    assert "relu = 1" in lowered and "intrakd_onednn_conv_forward_bias" in lowered
+
+
 def test_a_bias_of_the_wrong_shape_is_named():
     x, k = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 5))
     with pytest.raises(ValueError, match=r"bias of shape \(5,\), got \(4,\)"):

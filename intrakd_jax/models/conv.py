@@ -154,6 +154,7 @@ def conv2d(
     dilation: int | Sequence[int] = 1,
     impl: ConvImpl = "auto",
     bias: jax.Array | None = None,
+    relu: bool = False,
 ) -> jax.Array:
     """2-D convolution (cross-correlation), NHWC / HWIO, as ``lax.conv_general_dilated``.
 
@@ -169,6 +170,9 @@ def conv2d(
         only and uses "fast" for other dtypes or where the extension cannot be built.
       bias: (Cout,) added to the output, or None. oneDNN adds it inside the convolution and sums
         its gradient inside the backward-weights primitive, saving two passes over the output.
+      relu: Apply ReLU to the result. oneDNN applies it inside the convolution (a post-op),
+        saving a pass over the output; its gradient is masked by the output before the
+        backward primitives.
 
     Returns:
       (B, Ho, Wo, Cout) in the input dtype. Forward values are XLA's in "fast" and "xla" mode.
@@ -198,13 +202,14 @@ def conv2d(
         ]
         pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
         x_bhwc, kernel_hwio, bias = same_varying_axes(x_bhwc, kernel_hwio, bias)
-        return _conv_onednn(x_bhwc, kernel_hwio, bias, s, pads, d)
+        return _conv_onednn(x_bhwc, kernel_hwio, bias, s, pads, d, relu)
     if impl == "xla":
         y = _xla_conv(x_bhwc, kernel_hwio, s, pads, d)
     else:
         x_bhwc, kernel_hwio = same_varying_axes(x_bhwc, kernel_hwio)
         y = _conv_fast(x_bhwc, kernel_hwio, s, pads, d)
-    return y if bias is None else y + bias
+    y = y if bias is None else y + bias
+    return jax.nn.relu(y) if relu else y
 
 
 def _onednn_applies(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> bool:
@@ -324,27 +329,32 @@ _conv_fast.defvjp(_conv_fast_fwd, _conv_fast_bwd)
 # ----------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _conv_onednn(x, kernel, bias, strides, padding, dilation):
-    """The convolution (plus ``bias`` unless None) in oneDNN on CPU, in XLA elsewhere."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _conv_onednn(x, kernel, bias, strides, padding, dilation, relu):
+    """The convolution (plus ``bias`` unless None, then ReLU if ``relu``) in oneDNN on CPU."""
 
     def cpu(x, kernel, bias):
-        return onednn.conv_forward(x, kernel, strides, padding, dilation, bias)
+        return onednn.conv_forward(x, kernel, strides, padding, dilation, bias, relu)
 
     def default(x, kernel, bias):
         y = _xla_conv(x, kernel, strides, padding, dilation)
-        return y if bias is None else y + bias
+        y = y if bias is None else y + bias
+        return jax.nn.relu(y) if relu else y
 
     return lax.platform_dependent(x, kernel, bias, cpu=cpu, default=default)
 
 
-def _conv_onednn_fwd(x, kernel, bias, strides, padding, dilation):
-    return _conv_onednn(x, kernel, bias, strides, padding, dilation), (x, kernel, bias)
+def _conv_onednn_fwd(x, kernel, bias, strides, padding, dilation, relu):
+    y = _conv_onednn(x, kernel, bias, strides, padding, dilation, relu)
+    # The output is kept only for the ReLU mask (it is the next layer's input, kept anyway).
+    return y, (x, kernel, bias, y if relu else None)
 
 
-def _conv_onednn_bwd(strides, padding, dilation, residuals, g):
-    x, kernel, bias = residuals
+def _conv_onednn_bwd(strides, padding, dilation, relu, residuals, g):
+    x, kernel, bias, y = residuals
     no_bias = bias is None
+    if relu:
+        g = jnp.where(y > 0, g, jnp.zeros_like(g))
 
     def xla_grads(x, kernel, g):
         _, vjp = jax.vjp(lambda a, b: _xla_conv(a, b, strides, padding, dilation), x, kernel)
@@ -750,6 +760,7 @@ class Conv(nn.Module):
       kernel_init: Kernel initialiser.
       bias_init: Bias initialiser.
       impl: "auto", "fast" (CPU-tuned gradients), "onednn" (oneDNN on CPU) or "xla".
+      relu: Apply ReLU to the output (inside the convolution with "onednn").
     """
 
     features: int
@@ -763,6 +774,7 @@ class Conv(nn.Module):
     kernel_init: Callable[..., Any] = _default_kernel_init
     bias_init: Callable[..., Any] = nn.initializers.zeros_init()
     impl: ConvImpl = "auto"
+    relu: bool = False
 
     @nn.compact
     def __call__(self, x_bhwc: jax.Array) -> jax.Array:
@@ -781,7 +793,14 @@ class Conv(nn.Module):
         )
         x_bhwc, kernel, bias = nn.dtypes.promote_dtype(x_bhwc, kernel, bias, dtype=self.dtype)
         return conv2d(
-            x_bhwc, kernel, self.strides, self.padding, self.kernel_dilation, self.impl, bias
+            x_bhwc,
+            kernel,
+            self.strides,
+            self.padding,
+            self.kernel_dilation,
+            self.impl,
+            bias,
+            self.relu,
         )
 
 

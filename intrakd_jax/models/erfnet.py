@@ -149,12 +149,12 @@ class NonBottleneck1d(nn.Module):
         conv = functools.partial(
             Conv, c, dtype=self.dtype, kernel_init=_TORCH_DEFAULT_INIT, impl=self.conv_impl
         )
-        y = conv((3, 1), padding=((1, 1), (0, 0)), name="conv3x1_1")(x_bhwc)
-        y = nn.relu(y)
+        y = conv((3, 1), padding=((1, 1), (0, 0)), relu=True, name="conv3x1_1")(x_bhwc)
         y = conv((1, 3), padding=((0, 0), (1, 1)), name="conv1x3_1")(y)
         y = norm_act(self.norm(name="bn1"), y, relu=True)
-        y = conv((3, 1), padding=((d, d), (0, 0)), kernel_dilation=(d, 1), name="conv3x1_2")(y)
-        y = nn.relu(y)
+        y = conv(
+            (3, 1), padding=((d, d), (0, 0)), kernel_dilation=(d, 1), relu=True, name="conv3x1_2"
+        )(y)
         y = conv((1, 3), padding=((0, 0), (d, d)), kernel_dilation=(1, d), name="conv1x3_2")(y)
         # PyTorch Dropout2d drops whole channels: one factor per (image, channel), applied with
         # bn2, the residual and the ReLU in one pass where the BatchNorm is fused.

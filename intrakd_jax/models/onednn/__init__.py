@@ -261,6 +261,7 @@ def conv_forward(
     padding: Pairs,
     dilation: Sequence[int],
     bias: jax.Array | None = None,
+    relu: bool = False,
 ) -> jax.Array:
     """Forward convolution in oneDNN, NHWC x HWIO -> NHWC, float32, non-negative padding.
 
@@ -271,13 +272,14 @@ def conv_forward(
       padding: ((top, bottom), (left, right)), each >= 0.
       dilation: (dh, dw), 1 = dense.
       bias: (Cout,) added to every output position inside the primitive, or None.
+      relu: Apply ReLU inside the primitive (an eltwise post-op).
 
     Returns:
-      (B, Ho, Wo, Cout) as ``lax.conv_general_dilated`` (plus the bias).
+      (B, Ho, Wo, Cout) as ``lax.conv_general_dilated`` (plus the bias, then the ReLU).
     """
     ho, wo = _out_hw(x.shape[1:3], kernel.shape[:2], strides, padding, dilation)
     out = _result((x.shape[0], ho, wo, kernel.shape[3]), x)
-    attrs = _attrs(strides, padding, dilation)
+    attrs = {**_attrs(strides, padding, dilation), "relu": np.int64(relu)}
     if bias is None:
         call = jax.ffi.ffi_call("intrakd_onednn_conv_forward", out, vmap_method="sequential")
         return call(x, kernel, **attrs)

@@ -36,6 +36,7 @@ enum class Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 
 
 struct Geometry {
   bool bias = false;           // forward: adds a bias; backward-weights: also returns its gradient
+  bool relu = false;           // forward: ReLU as a post-op on the result
   dnnl::memory::dims src;      // N, C, H, W (logical; the memory is nhwc)
   dnnl::memory::dims weights;  // O, I, KH, KW (logical; the memory is hwio)
   dnnl::memory::dims dst;      // N, O, Ho, Wo
@@ -104,6 +105,12 @@ std::shared_ptr<Entry> MakeEntry(Kind kind, const Geometry& g) {
   auto fwd = ForwardPd(g, attr, tag::any);
   dnnl::memory::desc chosen;
   if (kind == Kind::kForward) {
+    if (g.relu) {
+      dnnl::post_ops ops;
+      ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+      attr.set_post_ops(ops);
+      fwd = ForwardPd(g, attr, tag::any);
+    }
     entry->prim = dnnl::convolution_forward(fwd);
     entry->scratchpad_bytes = fwd.scratchpad_desc().get_size();
     chosen = fwd.weights_desc();
@@ -139,7 +146,7 @@ std::shared_ptr<Entry> MakeEntry(Kind kind, const Geometry& g) {
 std::shared_ptr<Entry> Lookup(Kind kind, const Geometry& g) {
   static std::mutex* mu = new std::mutex;
   static auto* cache = new std::map<std::vector<int64_t>, std::shared_ptr<Entry>>;
-  std::vector<int64_t> key{static_cast<int64_t>(kind), g.bias ? 1 : 0};
+  std::vector<int64_t> key{static_cast<int64_t>(kind), g.bias ? 1 : 0, g.relu ? 1 : 0};
   for (const auto* dims : {&g.src, &g.weights, &g.dst, &g.strides, &g.dilates, &g.pad_l,
                            &g.pad_r}) {
     key.insert(key.end(), dims->begin(), dims->end());
@@ -219,19 +226,21 @@ ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst
 
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
-                       int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+                       int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw, int64_t relu) {
   auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr,
                         dh, dw);
+  g.relu = relu != 0;
   return Run(Kind::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
 }
 
 ffi::Error ForwardBiasImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                            ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
                            int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh,
-                           int64_t dw) {
+                           int64_t dw, int64_t relu) {
   auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr,
                         dh, dw);
   g.bias = true;
+  g.relu = relu != 0;
   return Run(Kind::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data(),
              b.untyped_data());
 }
@@ -285,7 +294,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IntrakdOnednnConvForward, ForwardImpl,
                               BindAttrs(ffi::Ffi::Bind()
                                             .Arg<ffi::Buffer<ffi::F32>>()
                                             .Arg<ffi::Buffer<ffi::F32>>()
-                                            .Ret<ffi::Buffer<ffi::F32>>()));
+                                            .Ret<ffi::Buffer<ffi::F32>>())
+                                  .Attr<int64_t>("relu"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IntrakdOnednnConvBackwardData, BackwardDataImpl,
                               BindAttrs(ffi::Ffi::Bind()
@@ -304,7 +314,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IntrakdOnednnConvForwardBias, ForwardBiasImpl,
                                             .Arg<ffi::Buffer<ffi::F32>>()
                                             .Arg<ffi::Buffer<ffi::F32>>()
                                             .Arg<ffi::Buffer<ffi::F32>>()
-                                            .Ret<ffi::Buffer<ffi::F32>>()));
+                                            .Ret<ffi::Buffer<ffi::F32>>())
+                                  .Attr<int64_t>("relu"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IntrakdOnednnConvBackwardWeightsBias, BackwardWeightsBiasImpl,
                               BindAttrs(ffi::Ffi::Bind()
