@@ -14,7 +14,8 @@
 // m (a per-image, per-channel multiplier: channel dropout) and r (a residual added before the
 // activation) are optional; act is the identity or ReLU. Tensors are read as (rows, C) with C
 // contiguous; rows are split into chunks, and partial sums are kept per chunk and added in chunk
-// order, so results do not depend on which thread ran which chunk. Sums accumulate in double.
+// order, so results do not depend on which thread ran which chunk. Sums accumulate in float over
+// 32 rows at a time, then in double.
 
 #include <algorithm>
 #include <atomic>
@@ -127,36 +128,42 @@ void Dispatch(bool a, bool b, const F& fn) {
 // sums of a few dozen terms lose nothing measurable, and the loops stay at float vector width.
 constexpr int64_t kRowsPerFlush = 32;
 
+// Two per-channel sums over all rows into out (2, C): add_row(row, f1, f2) adds one row's terms
+// to float accumulators, flushed into double every kRowsPerFlush rows; the chunks' double sums
+// are added in chunk order.
+template <typename AddRow>
+void PairSums(ffi::ThreadPool* pool, const Layout& l, float* out, const AddRow& add_row) {
+  const int64_t c = l.channels;
+  const int64_t chunks = NumChunks(l.rows, c);
+  std::vector<double> partial(chunks * 2 * c, 0.0);
+  ParallelFor(pool, chunks, [&](int64_t i) {
+    auto [begin, end] = ChunkRows(i, chunks, l.rows);
+    double* s = partial.data() + i * 2 * c;
+    std::vector<float> f(2 * c);
+    for (int64_t block = begin; block < end; block += kRowsPerFlush) {
+      std::fill(f.begin(), f.end(), 0.0f);
+      for (int64_t row = block; row < std::min(end, block + kRowsPerFlush); ++row) {
+        add_row(row, f.data(), f.data() + c);
+      }
+      for (int64_t k = 0; k < 2 * c; ++k) s[k] += f[k];
+    }
+  });
+  ReduceChunks(partial, chunks, c, out);
+}
+
 ffi::Error ChannelSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                            ffi::ResultBuffer<ffi::F32> sums) {
   Layout l = LayoutOf(x.dimensions());
   const int64_t c = l.channels;
-  const int64_t chunks = NumChunks(l.rows, c);
-  std::vector<double> partial(chunks * 2 * c, 0.0);
   const float* xp = x.typed_data();
-  ParallelFor(&pool, chunks, [&](int64_t i) {
-    auto [begin, end] = ChunkRows(i, chunks, l.rows);
-    double* s1 = partial.data() + i * 2 * c;
-    double* s2 = s1 + c;
-    std::vector<float> f(2 * c);
-    for (int64_t block = begin; block < end; block += kRowsPerFlush) {
-      std::fill(f.begin(), f.end(), 0.0f);
-      float* __restrict f1 = f.data();
-      float* __restrict f2 = f1 + c;
-      for (int64_t r = block; r < std::min(end, block + kRowsPerFlush); ++r) {
-        const float* __restrict row = xp + r * c;
-        for (int64_t k = 0; k < c; ++k) {
-          f1[k] += row[k];
-          f2[k] += row[k] * row[k];
-        }
-      }
-      for (int64_t k = 0; k < c; ++k) {
-        s1[k] += f1[k];
-        s2[k] += f2[k];
-      }
-    }
-  });
-  ReduceChunks(partial, chunks, c, sums->typed_data());
+  PairSums(&pool, l, sums->typed_data(),
+           [&](int64_t row, float* __restrict f1, float* __restrict f2) {
+             const float* __restrict xr = xp + row * c;
+             for (int64_t k = 0; k < c; ++k) {
+               f1[k] += xr[k];
+               f2[k] += xr[k] * xr[k];
+             }
+           });
   return ffi::Error::Success();
 }
 
@@ -219,40 +226,23 @@ ffi::Error NormActGradSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
   }
   Layout l = LayoutOf(x.dimensions());
   const int64_t c = l.channels;
-  const int64_t chunks = NumChunks(l.rows, c);
-  std::vector<double> partial(chunks * 2 * c, 0.0);
   const float *gp = g.typed_data(), *yp = y.typed_data(), *xp = x.typed_data();
   const float* mu = mean.typed_data();
   const float* mp = Multiplier(m, l);
   Dispatch(relu != 0, mp != nullptr, [&](auto kRelu, auto kMul) {
-    ParallelFor(&pool, chunks, [&](int64_t i) {
-      auto [begin, end] = ChunkRows(i, chunks, l.rows);
-      double* s1 = partial.data() + i * 2 * c;
-      double* s2 = s1 + c;
-      std::vector<float> f(2 * c);
-      for (int64_t block = begin; block < end; block += kRowsPerFlush) {
-        std::fill(f.begin(), f.end(), 0.0f);
-        float* __restrict f1 = f.data();
-        float* __restrict f2 = f1 + c;
-        for (int64_t row = block; row < std::min(end, block + kRowsPerFlush); ++row) {
-          const float* __restrict gr = gp + row * c;
-          const float* __restrict yr = yp + row * c;
-          const float* __restrict xr = xp + row * c;
-          const float* __restrict mr = kMul ? mp + (row / l.rows_per_image) * c : mu;
-          for (int64_t k = 0; k < c; ++k) {
-            float u = Upstream<kRelu, kMul>(gr[k], yr[k], mr[k]);
-            f1[k] += u;
-            f2[k] += u * (xr[k] - mu[k]);
-          }
-        }
-        for (int64_t k = 0; k < c; ++k) {
-          s1[k] += f1[k];
-          s2[k] += f2[k];
-        }
-      }
-    });
+    PairSums(&pool, l, sums->typed_data(),
+             [&](int64_t row, float* __restrict f1, float* __restrict f2) {
+               const float* __restrict gr = gp + row * c;
+               const float* __restrict yr = yp + row * c;
+               const float* __restrict xr = xp + row * c;
+               const float* __restrict mr = kMul ? mp + (row / l.rows_per_image) * c : mu;
+               for (int64_t k = 0; k < c; ++k) {
+                 float u = Upstream<kRelu, kMul>(gr[k], yr[k], mr[k]);
+                 f1[k] += u;
+                 f2[k] += u * (xr[k] - mu[k]);
+               }
+             });
   });
-  ReduceChunks(partial, chunks, c, sums->typed_data());
   return ffi::Error::Success();
 }
 
@@ -293,42 +283,26 @@ ffi::Error NormActGradInputImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
   return ffi::Error::Success();
 }
 
+// A binding on XLA's thread pool with n float32 buffer arguments and one float32 result.
+template <int n>
+auto Binding() {
+  if constexpr (n == 0) {
+    return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>();
+  } else {
+    return Binding<n - 1>().template Arg<ffi::Buffer<ffi::F32>>();
+  }
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IntrakdChannelSums, ChannelSumsImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              Binding<1>().Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IntrakdNormAct, NormActImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("relu"));
+                              Binding<4>().Ret<ffi::Buffer<ffi::F32>>().Attr<int64_t>("relu"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IntrakdNormActGradSums, NormActGradSumsImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("relu"));
+                              Binding<5>().Ret<ffi::Buffer<ffi::F32>>().Attr<int64_t>("relu"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IntrakdNormActGradInput, NormActGradInputImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("relu"));
+                              Binding<5>().Ret<ffi::Buffer<ffi::F32>>().Attr<int64_t>("relu"));
