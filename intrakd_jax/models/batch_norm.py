@@ -10,9 +10,10 @@ between the passes, so cross-device BatchNorm is exact.
 
 ``FusedBatchNorm`` has the variables of ``flax.linen.BatchNorm`` (``params/{scale,bias}``,
 ``batch_stats/{mean,var}``), the same statistics (biased variance ``E[x^2] - E[x]^2``, running
-averages with ``momentum``) and the same result up to float rounding (sums accumulate in
-float64). ``norm_act`` applies either module the same way, so models call one function whatever
-the factory (``layers.batch_norm``) chose. Off CPU the same computation runs as jnp (XLA).
+averages with ``momentum``) and the same result up to float rounding (sums of 32 rows in
+float, added in float64). ``norm_act`` applies either module the same way, so models call one
+function whatever the factory (``layers.batch_norm``) chose. Off CPU the same computation runs
+as jnp (XLA).
 """
 
 from __future__ import annotations
@@ -159,6 +160,9 @@ def _upstream_jnp(g, y, m, relu):
 
 
 def _grad_sums(g, y, x, mean, m, relu):
+    # The statistics were summed over the data axis: cast to vary as the kernel's other operands.
+    _, mean = same_varying_axes(x, mean)
+
     def jnp_sums(g, y, x, mean, m):
         u = _upstream_jnp(g, y, m, relu)
         return jnp.stack([jnp.sum(u, axis=(0, 1, 2)), jnp.sum(u * (x - mean), axis=(0, 1, 2))])
@@ -175,6 +179,8 @@ def _grad_sums(g, y, x, mean, m, relu):
 
 
 def _grad_input(g, y, x, coef_4c, m, relu):
+    _, coef_4c = same_varying_axes(x, coef_4c)
+
     def jnp_input(g, y, x, coef_4c, m):
         alpha, beta, delta, mean = coef_4c
         return alpha * _upstream_jnp(g, y, m, relu) + beta * (x - mean) + delta
@@ -188,6 +194,13 @@ def _grad_input(g, y, x, coef_4c, m, relu):
         coef_4c,
         m,
     )
+
+
+def _constant_and_residual_grads(g, y, m, relu, has_residual):
+    """Cotangents of the multiplier (a dropout mask: zero) and the residual (g through the ReLU)."""
+    dm = None if m is None else jnp.zeros_like(m)
+    dr = _upstream_jnp(g, y, None, relu) if has_residual else None
+    return dm, dr
 
 
 def _statistics(x, axis_name):
@@ -231,9 +244,7 @@ def _train_norm_act_bwd(epsilon, axis_name, relu, residuals, cotangents):
     # transpose of that cast sums the shares over the data axis.
     dscale = local[1] * invstd
     dbias = local[0]
-    dm = None if m is None else jnp.zeros_like(m)
-    dr = (jnp.where(y > 0, g, 0.0) if relu else g) if has_residual else None
-    return dx, dscale, dbias, dm, dr
+    return dx, dscale, dbias, *_constant_and_residual_grads(g, y, m, relu, has_residual)
 
 
 _train_norm_act.defvjp(_train_norm_act_fwd, _train_norm_act_bwd)
@@ -256,9 +267,7 @@ def _affine_act_bwd(relu, residuals, g):
     u = _upstream_jnp(g, y, m, relu)
     da = jnp.sum(u * x, axis=(0, 1, 2))
     ds = jnp.sum(u, axis=(0, 1, 2))
-    dm = None if m is None else jnp.zeros_like(m)
-    dr = (jnp.where(y > 0, g, 0.0) if relu else g) if has_residual else None
-    return a * u, da, ds, dm, dr
+    return a * u, da, ds, *_constant_and_residual_grads(g, y, m, relu, has_residual)
 
 
 _affine_act.defvjp(_affine_act_fwd, _affine_act_bwd)

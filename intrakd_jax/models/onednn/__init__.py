@@ -330,25 +330,19 @@ def conv_backward_weights(
 
 
 def _optional(a: jax.Array | None, like: jax.Array) -> jax.Array:
-    """``a``, or the empty array the norm_act handlers read as "none" (varying as ``like``)."""
-    if a is not None:
-        return a
-    return _same_varying_axes_as(jnp.zeros((0,), jnp.float32), like)
+    """``a``, or the empty array the norm_act handlers read as "none".
 
-
-def _same_varying_axes_as(a: jax.Array, like: jax.Array) -> jax.Array:
-    """``a`` marked as varying over the shard_map axes ``like`` varies over (FFI operands agree)."""
-    varying = jax.typeof(like).manual_axis_type.varying
-    missing = tuple(sorted(varying - jax.typeof(a).manual_axis_type.varying))
-    return jax.lax.pcast(a, missing, to="varying") if missing else a
+    Sliced from ``like``, so inside shard_map it varies over the same axes as the other operands.
+    """
+    return like.reshape(-1)[:0] if a is None else a
 
 
 def channel_sums(x: jax.Array) -> jax.Array:
     """Per-channel sums of an NHWC float32 array, in one pass on XLA's threads.
 
     Returns:
-      (2, C): the sum of x and the sum of x**2 over every axis but the last (accumulated in
-      float64, rounded to float32).
+      (2, C): the sum of x and the sum of x**2 over every axis but the last (float partial sums
+      of 32 rows added in float64, rounded to float32).
     """
     out = _result((2, x.shape[-1]), x)
     return jax.ffi.ffi_call("intrakd_channel_sums", out, vmap_method="sequential")(x)
@@ -364,6 +358,9 @@ def norm_act(
 ) -> jax.Array:
     """``act(m[b, c] * (x * scale[c] + shift[c]) + residual)`` in one pass on XLA's threads.
 
+    Like the convolution calls here, the operands must vary over the same shard_map axes
+    (``conv.same_varying_axes``).
+
     Args:
       x: (B, H, W, C) float32.
       scale_c: (C,) factor.
@@ -372,9 +369,8 @@ def norm_act(
       multiplier_bc: (B, C) per-image channel multiplier (channel dropout), or None.
       residual: Like ``x``, added before the activation, or None.
     """
-    coef = _same_varying_axes_as(jnp.stack([scale_c, shift_c]).astype(jnp.float32), x)
-    m = _same_varying_axes_as(_optional(multiplier_bc, x), x)
-    r = _optional(residual, x)
+    coef = jnp.stack([scale_c, shift_c])
+    m, r = _optional(multiplier_bc, x), _optional(residual, x)
     call = jax.ffi.ffi_call("intrakd_norm_act", _result(x.shape, x), vmap_method="sequential")
     return call(x, coef, m, r, relu=np.int64(relu))
 
@@ -391,11 +387,9 @@ def norm_act_grad_sums(
 
     ``y`` is ``norm_act``'s output and ``g`` its cotangent; one pass on XLA's threads.
     """
-    mean_c = _same_varying_axes_as(mean_c.astype(jnp.float32), x)
-    m = _same_varying_axes_as(_optional(multiplier_bc, x), x)
     out = _result((2, x.shape[-1]), x)
     call = jax.ffi.ffi_call("intrakd_norm_act_grad_sums", out, vmap_method="sequential")
-    return call(g, y, x, mean_c, m, relu=np.int64(relu))
+    return call(g, y, x, mean_c, _optional(multiplier_bc, x), relu=np.int64(relu))
 
 
 def norm_act_grad_input(
@@ -411,9 +405,7 @@ def norm_act_grad_input(
     ``coef_4c = [alpha, beta, delta, mean]``; ``u`` as in ``norm_act_grad_sums``; one pass on
     XLA's threads.
     """
-    coef_4c = _same_varying_axes_as(coef_4c.astype(jnp.float32), x)
-    m = _same_varying_axes_as(_optional(multiplier_bc, x), x)
     call = jax.ffi.ffi_call(
         "intrakd_norm_act_grad_input", _result(x.shape, x), vmap_method="sequential"
     )
-    return call(g, y, x, coef_4c, m, relu=np.int64(relu))
+    return call(g, y, x, coef_4c, _optional(multiplier_bc, x), relu=np.int64(relu))

@@ -102,15 +102,14 @@ std::shared_ptr<Entry> MakeEntry(Kind kind, const Geometry& g) {
   auto entry = std::make_shared<Entry>();
   // Activations stay NHWC (reordering them would cost a pass over the largest arrays); the
   // weights are small, so the primitive picks their layout ("any") and we reorder.
+  if (g.relu) {  // set for the forward kind only
+    dnnl::post_ops ops;
+    ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    attr.set_post_ops(ops);
+  }
   auto fwd = ForwardPd(g, attr, tag::any);
   dnnl::memory::desc chosen;
   if (kind == Kind::kForward) {
-    if (g.relu) {
-      dnnl::post_ops ops;
-      ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-      attr.set_post_ops(ops);
-      fwd = ForwardPd(g, attr, tag::any);
-    }
     entry->prim = dnnl::convolution_forward(fwd);
     entry->scratchpad_bytes = fwd.scratchpad_desc().get_size();
     chosen = fwd.weights_desc();
